@@ -1,0 +1,39 @@
+"""`unlearn erase` on a real (tiny) diffusers-format SD-1-shaped folder on disk."""
+
+import pytest
+from sd1_fixture import make_sd1_folder
+
+from unlearn_core.cli import build_parser, main
+from unlearn_core.config import config_fields, field_help
+from unlearn_core.files import read_metadata
+
+
+def test_every_config_field_is_a_flag_with_its_help():
+    parser = build_parser()
+    erase_parser = parser._subparsers._group_actions[0].choices["erase"]
+    helps = {a.dest: a.help for a in erase_parser._actions}
+    for name in config_fields():
+        assert name in helps, name
+        assert helps[name].startswith(field_help(name))
+
+
+@pytest.mark.parametrize("extra,suffix", [
+    (["--parametrization", "lora", "--lora-rank", "2"], "lora_down.weight"),
+    (["--parametrization", "full", "--svd-rank", "2"], "lora_down.weight"),
+    (["--parametrization", "full"], "diff"),
+])
+def test_erase_writes_a_file_with_summary(tmp_path, capsys, extra, suffix):
+    model = make_sd1_folder(tmp_path / "sd1")
+    out = tmp_path / "erasure.safetensors"
+    code = main(["erase", "--model", str(model), "--concept", "a cat", "--concept", "a dog",
+                 "--steps", "2", "--resolution", "8", "--sampling-steps", "3", "--lr", "1e-3",
+                 "--output", str(out), *extra])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "done: 2 steps" in captured.out and str(out) in captured.out
+    meta = read_metadata(out)
+    assert meta["config"]["concepts"] == ["a cat", "a dog"]
+    assert len(meta["base_weights_sha256"]) == 64
+    from safetensors.torch import load_file
+
+    assert all(k.split(".", 1)[1] in (suffix, "lora_up.weight", "alpha") for k in load_file(out))

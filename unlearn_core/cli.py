@@ -1,0 +1,151 @@
+"""The ``unlearn`` command line.
+
+``unlearn erase`` erases concepts from a local diffusers-format SD-1.x folder and writes a LoRA
+or diff file. Its flags are the fields of ``EraseConfig`` with their own help text. Other
+subcommands (demo, bench, score, probe) live beside the code they drive and are registered in
+``SUBCOMMANDS``; each module offers ``add_arguments(parser)`` and ``run(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from collections.abc import Sequence
+
+from .config import EraseConfig, config_fields
+from .errors import UnlearnError
+
+# name -> (module, one-line help). Modules are imported only when their subcommand runs.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("unlearn_core.toyworld.demo", "erase a concept from the embedded toy model and show "
+             "before/after (runs offline, no weights needed)"),
+    "bench": ("unlearn_core.toyworld.bench", "erasure-quality benchmark on the toy world"),
+    "score": ("unlearn_core.metrics.cli", "CLIP score of images on disk"),
+    "probe": ("unlearn_core.metrics.probe_cli", "partial-diffusion probe of an erasure"),
+}
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
+    """One flag per EraseConfig field, named after it, with the field's help text."""
+    for name, f in config_fields().items():
+        if name in skip:
+            continue
+        flag = "--" + name.replace("_", "-")
+        meta = f.metadata
+        help_text = meta["help"] + f" (default: {f.default!r})"
+        if isinstance(f.default, tuple):
+            single = "--" + ("concept" if name == "concepts" else name.replace("_", "-")[:-1])
+            parser.add_argument(single, dest=name, action="append", default=None,
+                                help=help_text + " Repeat the flag for several.")
+        elif isinstance(f.default, bool):
+            parser.add_argument(flag, dest=name, type=lambda s: s.lower() in ("1", "true", "yes"),
+                                default=None, help=help_text)
+        else:
+            parser.add_argument(flag, dest=name, type=type(f.default), default=None,
+                                choices=meta.get("choices"), help=help_text)
+
+
+def config_from_args(args: argparse.Namespace, **overrides) -> EraseConfig:
+    values = {}
+    for name in config_fields():
+        v = getattr(args, name, None)
+        if v is not None:
+            values[name] = tuple(v) if isinstance(v, list) else v
+    values.update(overrides)
+    return EraseConfig(**values)
+
+
+def _erase_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("erase", help="erase concepts from a local SD-1.x model; write a LoRA file",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", required=True, help="local diffusers-format SD-1.x folder")
+    p.add_argument("--output", required=True, help="the .safetensors file to write")
+    p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
+    p.add_argument("--svd-rank", type=int, default=0,
+                   help="with --parametrization full: compress the delta into a LoRA of this rank")
+    p.add_argument("--device", default="auto", help="cpu, cuda, or auto")
+    add_config_arguments(p)
+
+
+def run_erase(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from .conditioning import encode_conditioning
+    from .files import check_output_path, compress_deltas, save_erasure
+    from .sd1 import SD1Pipeline, check_sd1_folder
+    from .trainer import erase
+
+    # Everything cheap first: config, output path, model folder. Then load.
+    config = config_from_args(args)
+    out = check_output_path(args.output, args.overwrite, "--output")
+    if args.svd_rank < 0:
+        raise UnlearnError(f"--svd-rank = {args.svd_rank}: must be >= 0. Fix: give 0 (off) or a rank.")
+    check_sd1_folder(args.model)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    start = time.perf_counter()
+    pipe = SD1Pipeline(args.model, device=device)
+    cond = encode_conditioning(pipe.encode, config)
+    bar = tqdm(total=config.steps, desc="erasing", unit="step")
+
+    def progress(info) -> None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{info.loss:.3g}")
+
+    try:
+        result = erase(pipe.denoiser, cond, config, callback=progress)
+    finally:
+        bar.close()
+    deltas = result.deltas
+    meta = dict(result.metadata)
+    if args.svd_rank and config.parametrization == "full":
+        deltas, errors = compress_deltas(deltas, args.svd_rank)
+        worst = max(errors.values())
+        meta["svd_rank"] = args.svd_rank
+        meta["svd_max_relative_error"] = worst
+        print(f"SVD rank {args.svd_rank}: worst relative reconstruction error {worst:.3g}")
+    save_erasure(out, deltas, meta, overwrite=args.overwrite)
+    print(f"done: {config.steps} steps, final loss {result.loss_history[-1]:.4g}, "
+          f"{time.perf_counter() - start:.1f} s, wrote {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="unlearn", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _erase_parser(sub)
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if e.name and module_name.startswith(e.name):
+                continue  # subcommand not built yet
+            raise
+        p = sub.add_parser(name, help=help_text,
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        module.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "erase":
+            return run_erase(args)
+        return int(args._module.run(args) or 0)
+    except UnlearnError as e:
+        print(f"unlearn {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cancelled; nothing was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+

@@ -1,0 +1,79 @@
+"""Text conditioning handed to the engine: embeddings, not strings (encoding lives at the edges)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .config import EraseConfig
+from .errors import ConfigError, ModelError
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class Conditioning:
+    """Embeddings (1, L, D) each.
+
+    ``concepts``: one per concept, taken in turn. ``empty``: the empty prompt. ``trajectory``: the
+    prompt whose guided trajectory yields the training states (SDD: the concepts joined by ", ").
+    ``retain``: prompts held to the base model. ``guide``: UCE's target (default ``empty``).
+    """
+
+    concepts: list[Tensor]
+    empty: Tensor
+    trajectory: Tensor | None = None
+    retain: list[Tensor] = field(default_factory=list)
+    guide: Tensor | None = None
+    # per-concept index of the last real token (UCE uses it); None = the last position
+    concept_last_token: list[int] | None = None
+    retain_last_token: list[int] | None = None
+
+    def check(self, context_dim: int | None = None) -> None:
+        if not self.concepts:
+            raise ConfigError("concepts", [], "no concept embedding given", "give one or more")
+        for name, emb in [("empty", self.empty)] + [("concepts", c) for c in self.concepts] + [
+            ("retain_prompts", r) for r in self.retain
+        ]:
+            if emb.dim() != 3 or emb.shape[0] != 1:
+                raise ModelError(f"{name} conditioning must have shape (1, L, D), got "
+                                 f"{tuple(emb.shape)}")
+            if context_dim is not None and emb.shape[-1] != context_dim:
+                raise ModelError(
+                    f"{name} conditioning has width {emb.shape[-1]} but the model's "
+                    f"cross-attention expects {context_dim}: encode the prompts with the text "
+                    "encoder that belongs to this model (SD-1.x: CLIP ViT-L/14, 768)."
+                )
+
+    def to(self, device: torch.device, dtype: torch.dtype) -> Conditioning:
+        def mv(t: Tensor | None) -> Tensor | None:
+            # clone: tensors from a host (ComfyUI) may be inference tensors autograd refuses
+            return None if t is None else t.detach().to(device=device, dtype=dtype).clone()
+
+        return Conditioning(
+            concepts=[mv(c) for c in self.concepts], empty=mv(self.empty),
+            trajectory=mv(self.trajectory), retain=[mv(r) for r in self.retain],
+            guide=mv(self.guide), concept_last_token=self.concept_last_token,
+            retain_last_token=self.retain_last_token,
+        )
+
+
+def encode_conditioning(encode: Callable[[Sequence[str]], Tensor], config: EraseConfig
+                        ) -> Conditioning:
+    """Build the conditioning from text with ``encode(list of str) -> (N, L, D)``."""
+    concepts = list(config.concepts)
+    texts = concepts + ["", ", ".join(concepts)] + list(config.retain_prompts)
+    if config.uce_guide:
+        texts.append(config.uce_guide)
+    emb = encode(texts)
+    k = len(concepts)
+    n_ret = len(config.retain_prompts)
+    return Conditioning(
+        concepts=[emb[i : i + 1] for i in range(k)],
+        empty=emb[k : k + 1],
+        trajectory=emb[k + 1 : k + 2],
+        retain=[emb[k + 2 + i : k + 3 + i] for i in range(n_ret)],
+        guide=emb[-1:] if config.uce_guide else None,
+    )

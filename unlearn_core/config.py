@@ -1,0 +1,234 @@
+"""The erasure config: one frozen dataclass whose fields carry their own help text.
+
+The help text becomes the CLI ``--help`` and the ComfyUI tooltip; the field names are the CLI flags
+and the node input names, so documentation and code cannot drift apart. Checks run in
+``__post_init__``, before any model is loaded or copied.
+
+Defaults follow the official SDD code (Kim et al. 2023, https://arxiv.org/abs/2307.05977) where
+the paper fixes them (AdamW lr 1e-5, weight decay 1e-4, clip 1.0, EMA 0.999, guidance 3.0) and
+``PRESETS`` for faster settings (fewer sampling steps, several training states per trajectory)
+and the toy world's short-run settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+LOSS_NAMES = ("l2", "jensen_shannon", "cramer_wold", "jensen_shannon_gaussian")
+OBJECTIVES = ("sdd", "esd")
+TARGET_SOURCES = ("student", "teacher")
+PARAMETRIZATIONS = ("lora", "full")
+RESULTS = ("teacher", "student")
+CW_MODES = ("closed_form", "sliced")
+JS_AXES = ("spatial", "all")
+WEIGHTINGS = ("none", "snr")
+METHODS = ("train", "uce")
+
+
+def _f(default: Any, help: str, **meta: Any) -> Any:
+    meta["help"] = help
+    if isinstance(default, (list, dict)):
+        raise TypeError("use tuples for sequence defaults")
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class EraseConfig:
+    """Everything that decides an erasure. Frozen, JSON-serialisable, checked on creation."""
+
+    concepts: tuple[str, ...] = _f(
+        (), "Concepts to erase, one per line (several are taken in turn)."
+    )
+    retain_prompts: tuple[str, ...] = _f(
+        (), "Prompts whose predictions are held to the base model's, to limit collateral damage."
+    )
+    retain_weight: float = _f(
+        0.0, "Weight of the retain term (0 = off). Needs retain_prompts.", min=0.0
+    )
+    method: str = _f("train", "train = self-distillation fine-tuning; uce = closed-form edit of "
+                     "cross-attention to_k/to_v (seconds, no training).", choices=METHODS)
+    objective: str = _f(
+        "sdd",
+        "sdd: pull the concept's prediction to the empty prompt's (self-distillation). "
+        "esd: pull it to e_0 - eta*(e_c - e_0) from the frozen base (negative guidance).",
+        choices=OBJECTIVES,
+    )
+    target_from: str = _f(
+        "student",
+        "Which weights give the SDD target (empty-prompt prediction, no gradient): the student, "
+        "as in the official SDD code, or the EMA teacher.",
+        choices=TARGET_SOURCES,
+    )
+    esd_eta: float = _f(1.0, "ESD negative-guidance strength eta.", min=0.0)
+    loss: str = _f(
+        "l2",
+        "Distance between student and target predictions: l2, jensen_shannon (per-channel "
+        "softmax over positions; blind to a constant shift per channel), cramer_wold (distance "
+        "between the batch of predictions and the batch of targets; needs batch_size >= 2), "
+        "jensen_shannon_gaussian (JS between the two Gaussian reverse steps).",
+        choices=LOSS_NAMES,
+    )
+    js_temperature: float = _f(1.0, "Jensen-Shannon softmax temperature.", min_exclusive=0.0)
+    js_axis: str = _f(
+        "spatial", "Jensen-Shannon softmax axis: spatial (per channel over H*W) or all values.",
+        choices=JS_AXES,
+    )
+    cw_mode: str = _f("closed_form", "Cramer-Wold: closed_form or sliced.", choices=CW_MODES)
+    cw_directions: int = _f(64, "Cramer-Wold sliced: number of random directions.", min=1)
+    cw_bandwidth: float = _f(
+        0.0, "Cramer-Wold smoothing gamma; 0 = Silverman's rule (4/(3n))^(2/5).", min=0.0
+    )
+    selection: str = _f(
+        "xattn",
+        "Which layers train: xattn (all cross-attention), xattn-kv (to_k/to_v only), noxattn "
+        "(everything but cross-attention; for global concepts like nudity), full. ESD names "
+        "esd-x, esd-x-strict, esd-u, esd-all are accepted.",
+    )
+    parametrization: str = _f(
+        "full", "full (a delta per layer, as SDD) or lora (low rank: less memory, small files).",
+        choices=PARAMETRIZATIONS,
+    )
+    lora_rank: int = _f(8, "LoRA rank.", min=1)
+    lora_alpha: float = _f(8.0, "LoRA alpha; the update is scaled by alpha/rank.", min_exclusive=0.0)
+    steps: int = _f(1500, "Training steps.", min=1)
+    lr: float = _f(1e-5, "AdamW learning rate (SDD: 1e-5 for a full delta; LoRA wants ~1e-4).",
+                   min_exclusive=0.0)
+    weight_decay: float = _f(1e-4, "AdamW weight decay.", min=0.0)
+    grad_clip: float = _f(1.0, "Gradient-norm clip (0 = off).", min=0.0)
+    ema_decay: float = _f(
+        0.999,
+        "EMA teacher decay after each step. The teacher samples the trajectories and, with "
+        "result=teacher, is what is returned; it moves (1-decay^steps) of the way.",
+        min=0.0, max=1.0,
+    )
+    result: str = _f("teacher", "Which weights are returned: the EMA teacher (SDD) or the student.",
+                     choices=RESULTS)
+    guidance: float = _f(3.0, "Classifier-free guidance for sampling the training states.", min=0.0)
+    sampling_steps: int = _f(
+        50, "DDIM steps of the trajectory that produces the training states.", min=1
+    )
+    batch_size: int = _f(
+        1,
+        "Training states per step, taken from one trajectory at different timesteps "
+        "(cramer_wold needs >= 2: at 1 it is a saturating function of L2).",
+        min=1,
+    )
+    trajectory_reuse: int = _f(
+        1, "Training steps that share one sampled trajectory (1 = a fresh one every step).", min=1
+    )
+    timestep_weighting: str = _f(
+        "none", "none, or snr: weight each state by sqrt(1/alpha_bar - 1) (x0-space), which "
+        "favours the high-noise steps that decide the concept.", choices=WEIGHTINGS,
+    )
+    resolution: int = _f(
+        64, "Latent height/width of the training states (SD-1 at 512 px = 64).", min=1
+    )
+    uce_lambda: float = _f(0.5, "UCE regulariser lambda.", min_exclusive=0.0)
+    uce_erase_scale: float = _f(1.0, "UCE erase scale s_e.", min=0.0)
+    uce_preserve_scale: float = _f(1.0, "UCE preserve scale s_p.", min=0.0)
+    uce_guide: str = _f("", "UCE guide prompt the concepts map to (empty = the empty prompt).")
+    uce_token: str = _f("last", "UCE: use the concept's last real token or all its tokens.",
+                        choices=("last", "all"))
+    seed: int = _f(0, "Random seed; the same seed gives the same result.", min=0)
+
+    def __post_init__(self) -> None:
+        # Accept lists (JSON, CLI) but store tuples so the config stays hashable and frozen.
+        for name in ("concepts", "retain_prompts"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                value = tuple(line for line in value.splitlines())
+            object.__setattr__(self, name, tuple(value))
+        for f in dataclasses.fields(self):
+            _check_field(f, getattr(self, f.name))
+        if not self.concepts:
+            raise ConfigError("concepts", self.concepts, "no concept given",
+                              "name at least one concept to erase")
+        for c in self.concepts:
+            if not isinstance(c, str) or not c.strip():
+                raise ConfigError("concepts", self.concepts, "a concept is empty or blank",
+                                  "remove blank lines or type the concept's text")
+        object.__setattr__(self, "concepts", tuple(c.strip() for c in self.concepts))
+        object.__setattr__(self, "retain_prompts",
+                           tuple(p.strip() for p in self.retain_prompts if p.strip()))
+        from .selection import canonical_selection  # local: selection imports torch
+
+        object.__setattr__(self, "selection", canonical_selection(self.selection))
+        if self.retain_weight > 0 and not self.retain_prompts:
+            raise ConfigError("retain_weight", self.retain_weight,
+                              "a retain weight needs retain prompts",
+                              "add retain_prompts or set retain_weight to 0")
+        if self.loss == "cramer_wold" and self.batch_size < 2 and self.method == "train":
+            raise ConfigError(
+                "batch_size", self.batch_size,
+                "cramer_wold compares sets of predictions; at batch 1 it is only a saturating "
+                "function of the L2 distance", "set batch_size to 2 or more",
+            )
+
+    # -- serialisation -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for k, v in d.items():
+            if isinstance(v, tuple):
+                d[k] = list(v)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EraseConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError("config", unknown, "unknown config fields",
+                              f"use only these fields: {', '.join(sorted(known))}")
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> EraseConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def field_help(name: str) -> str:
+    """The help text of one EraseConfig field (CLI --help, ComfyUI tooltip)."""
+    return config_fields()[name].metadata["help"]
+
+
+def config_fields() -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(EraseConfig)}
+
+
+def _check_field(f: dataclasses.Field, value: Any) -> None:
+    meta = f.metadata
+    name = f.name
+    expected = type(f.default)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if expected in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(name, value, f"must be a number ({expected.__name__})",
+                              f"give {name} as a number")
+        if expected is int and not float(value).is_integer():
+            raise ConfigError(name, value, "must be a whole number", f"give {name} as an integer")
+        if not math.isfinite(value):
+            raise ConfigError(name, value, "must be finite", f"give {name} a finite value")
+        if "min" in meta and value < meta["min"]:
+            raise ConfigError(name, value, f"must be >= {meta['min']}",
+                              f"set {name} to {meta['min']} or more")
+        if "min_exclusive" in meta and value <= meta["min_exclusive"]:
+            raise ConfigError(name, value, f"must be > {meta['min_exclusive']}",
+                              f"set {name} above {meta['min_exclusive']}")
+        if "max" in meta and value > meta["max"]:
+            raise ConfigError(name, value, f"must be <= {meta['max']}",
+                              f"set {name} to {meta['max']} or less")
+    if expected is str:
+        if not isinstance(value, str):
+            raise ConfigError(name, value, "must be text", f"give {name} as text")
+        if "choices" in meta and value not in meta["choices"]:
+            raise ConfigError(name, value, "unknown value",
+                              f"choose one of: {', '.join(meta['choices'])}")

@@ -1,0 +1,146 @@
+"""DDIM sampling (eta = 0) with classifier-free guidance, and SDD's training-state sampler.
+
+DDIM: Song et al. 2021 (https://arxiv.org/abs/2010.02502); guidance: Ho & Salimans 2022
+(https://arxiv.org/abs/2207.12598), eps = eps_u + w (eps_c - eps_u), with the conditional and
+unconditional passes in one batch. The timesteps follow LDM's uniform discretisation
+(t_k = k*T/N + 1), as SDD's official code does.
+
+Training states (SDD, Kim et al. 2023): from z_T ~ N(0, I) run the first n ~ U{0..N-1} DDIM steps
+with the EMA teacher, then label the state with a DDPM timestep drawn inside the band of the step
+reached. n = 0 means z_T itself (the official code runs the whole trajectory then; we do not).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .denoiser import Denoiser
+
+Tensor = torch.Tensor
+
+
+def ddim_timesteps(num_steps: int, num_train: int = 1000) -> Tensor:
+    """Descending DDIM timesteps, e.g. N=50 -> [981, 961, ..., 1]."""
+    if not 1 <= num_steps <= num_train:
+        raise ValueError(f"num_steps must be in 1..{num_train}, got {num_steps}")
+    stride = num_train // num_steps
+    ts = torch.arange(0, num_steps) * stride + 1
+    return ts.clamp(max=num_train - 1).flip(0)
+
+
+def guided_eps(
+    denoiser: Denoiser, x: Tensor, t: Tensor, cond: Tensor, uncond: Tensor, guidance: float
+) -> Tensor:
+    """eps_u + w (eps_c - eps_u); both passes in one batch. x (B,C,H,W), cond/uncond (B,L,D)."""
+    if guidance == 1.0:
+        return denoiser(x, t, cond)
+    if guidance == 0.0:
+        return denoiser(x, t, uncond)
+    eps = denoiser(torch.cat([x, x]), torch.cat([t, t]), torch.cat([uncond, cond]))
+    eps_u, eps_c = eps.chunk(2)
+    return eps_u + guidance * (eps_c - eps_u)
+
+
+def ddim_step(x: Tensor, eps: Tensor, ab_t: Tensor, ab_prev: Tensor) -> Tensor:
+    """One deterministic DDIM step from alpha_bar_t to alpha_bar_prev (scalars or (B,))."""
+    ab_t = ab_t.reshape(-1, 1, 1, 1).to(x.dtype)
+    ab_prev = ab_prev.reshape(-1, 1, 1, 1).to(x.dtype)
+    x0 = (x - (1 - ab_t).sqrt() * eps) / ab_t.sqrt()
+    return ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps
+
+
+@torch.no_grad()
+def ddim_sample(
+    denoiser: Denoiser,
+    x_T: Tensor,
+    cond: Tensor,
+    uncond: Tensor,
+    guidance: float = 3.0,
+    num_steps: int = 50,
+    start: int = 0,
+    stop: int | None = None,
+    on_state: Callable[[int, Tensor], None] | None = None,
+) -> Tensor:
+    """Run DDIM steps ``start..stop-1`` (of ``num_steps``) from x_T; returns the last state.
+
+    ``on_state(k, x)`` sees the state *before* step k (k = start .. stop-1) and, with k = stop,
+    the result. With start=0 and stop=None this is a full sampling run ending at x_0.
+    """
+    stop = num_steps if stop is None else stop
+    ts = ddim_timesteps(num_steps, len(denoiser.alphas_cumprod))
+    ab = denoiser.alphas_cumprod
+    x = x_T
+    batch = x.shape[0]
+    for k in range(start, stop):
+        if on_state is not None:
+            on_state(k, x)
+        t = ts[k]
+        ab_prev = ab[ts[k + 1]] if k + 1 < num_steps else ab[0]
+        eps = guided_eps(denoiser, x, t.expand(batch).to(x.device), cond, uncond, guidance)
+        x = ddim_step(x, eps.to(x.dtype), ab[t].to(x.device), ab_prev.to(x.device))
+    if on_state is not None:
+        on_state(stop, x)
+    return x
+
+
+def band_timestep(k: int, num_steps: int, num_train: int, generator: torch.Generator) -> int:
+    """A DDPM timestep inside the band of DDIM step k: [T - (k+1)T/N, T - kT/N - 1]."""
+    stride = num_train // num_steps
+    hi = num_train - k * stride - 1
+    lo = max(0, num_train - (k + 1) * stride)
+    return int(torch.randint(lo, hi + 1, (1,), generator=generator).item())
+
+
+@dataclass
+class TrainingStates:
+    """States z_t drawn from one trajectory. x (B,C,H,W), t (B,) int64."""
+
+    x: Tensor
+    t: Tensor
+
+
+class TrajectorySampler:
+    """Draws SDD training states; one trajectory serves ``reuse`` consecutive draws."""
+
+    def __init__(self, denoiser: Denoiser, shape: tuple[int, int, int], cond: Tensor,
+                 uncond: Tensor, guidance: float, num_steps: int, generator: torch.Generator,
+                 device: torch.device, dtype: torch.dtype = torch.float32, reuse: int = 1) -> None:
+        self.denoiser = denoiser
+        self.shape = shape
+        self.cond, self.uncond = cond, uncond
+        self.guidance, self.num_steps, self.reuse = guidance, num_steps, reuse
+        self.generator, self.device, self.dtype = generator, device, dtype
+        self.num_train = len(denoiser.alphas_cumprod)
+        self.unet_evals = 0  # no-grad UNet evaluations spent on sampling (a CFG pass counts 2)
+        self._states: dict[int, Tensor] = {}
+        self._draws = 0
+
+    def _sample(self, stop: int) -> None:
+        x_T = torch.randn((1, *self.shape), generator=self.generator).to(self.device, self.dtype)
+        states: dict[int, Tensor] = {}
+        ddim_sample(self.denoiser, x_T, self.cond, self.uncond, self.guidance, self.num_steps,
+                    0, stop, lambda k, x: states.__setitem__(k, x))
+        self.unet_evals += stop * (1 if self.guidance in (0.0, 1.0) else 2)
+        self._states = states
+
+    def draw(self, batch: int) -> TrainingStates:
+        """``batch`` states at distinct random DDIM steps (with replacement if batch > N).
+
+        Call under the weights that should sample (the EMA teacher); no gradient is kept.
+        """
+        g = self.generator
+        if batch <= self.num_steps:
+            idx = torch.randperm(self.num_steps, generator=g)[:batch].tolist()
+        else:
+            idx = torch.randint(0, self.num_steps, (batch,), generator=g).tolist()
+        if self._draws % self.reuse == 0:
+            # A trajectory that serves later draws too is run to its last step; a single-use one
+            # only as far as this draw needs (on average half the steps).
+            self._sample(self.num_steps - 1 if self.reuse > 1 else max(idx))
+        self._draws += 1
+        xs = torch.cat([self._states[k] for k in idx])
+        ts = torch.tensor([band_timestep(k, self.num_steps, self.num_train, g) for k in idx])
+        return TrainingStates(x=xs, t=ts.to(self.device))

@@ -1,0 +1,90 @@
+"""Loading a diffusers-format Stable Diffusion 1.x folder from local disk (never from a hub).
+
+The folder's ``unet/config.json`` is checked *before* any weight is read, so a wrong path or an
+SDXL/SD-2 folder fails in milliseconds with a message that says what was found.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from .denoiser import DiffusersDenoiser, scaled_linear_alphas_cumprod
+from .errors import ConfigError, ModelError
+
+SD1_CONTEXT_DIM = 768
+SD1_BLOCKS = [320, 640, 1280, 1280]
+
+
+def check_sd1_folder(path: str | Path) -> dict:
+    """Validate the folder layout and the UNet config; returns the UNet config dict."""
+    root = Path(path)
+    if not root.exists():
+        raise ConfigError("model", str(root), "the path does not exist",
+                          "give the local folder of a diffusers-format SD-1.x model")
+    cfg_path = root / "unet" / "config.json"
+    if not cfg_path.is_file():
+        raise ConfigError("model", str(root), "no unet/config.json inside: not a diffusers-format "
+                          "model folder", "give the folder that holds unet/, text_encoder/, "
+                          "tokenizer/ (e.g. a local copy of stable-diffusion-v1-4)")
+    cfg = json.loads(cfg_path.read_text())
+    check_sd1_config(cfg, str(root))
+    for sub in ("text_encoder", "tokenizer"):
+        if not (root / sub).is_dir():
+            raise ConfigError("model", str(root), f"missing the {sub}/ folder",
+                              "use a complete diffusers-format SD-1.x folder")
+    return cfg
+
+
+def check_sd1_config(cfg: dict, where: str) -> None:
+    """SD-1.x: 4 latent channels, 768-wide text context, no added (SDXL) embeddings."""
+    ctx = cfg.get("cross_attention_dim")
+    problems = []
+    if ctx != SD1_CONTEXT_DIM:
+        problems.append(f"cross_attention_dim {ctx} (SD-1.x: 768; SD-2: 1024; SDXL: 2048)")
+    if cfg.get("in_channels") != 4:
+        problems.append(f"in_channels {cfg.get('in_channels')} (SD-1.x: 4)")
+    if cfg.get("addition_embed_type"):
+        problems.append(f"addition_embed_type {cfg.get('addition_embed_type')!r} (SDXL)")
+    if problems:
+        raise ModelError(f"{where} is not a Stable Diffusion 1.x UNet: " + "; ".join(problems)
+                         + ". Fix: load an SD-1.x model (1.4, 1.5 or a fine-tune of them).")
+
+
+def scheduler_alphas(root: Path) -> torch.Tensor:
+    path = root / "scheduler" / "scheduler_config.json"
+    if not path.is_file():
+        return scaled_linear_alphas_cumprod()
+    cfg = json.loads(path.read_text())
+    if cfg.get("beta_schedule", "scaled_linear") != "scaled_linear":
+        raise ModelError(f"{path}: beta_schedule {cfg.get('beta_schedule')!r}; SD-1.x uses "
+                         "scaled_linear")
+    return scaled_linear_alphas_cumprod(cfg.get("num_train_timesteps", 1000),
+                                        cfg.get("beta_start", 0.00085), cfg.get("beta_end", 0.012))
+
+
+class SD1Pipeline:
+    """A local SD-1.x model's UNet (as a Denoiser) and text encoder."""
+
+    def __init__(self, path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32):
+        from diffusers import UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        root = Path(path)
+        check_sd1_folder(root)
+        unet = UNet2DConditionModel.from_pretrained(root / "unet", local_files_only=True,
+                                                    torch_dtype=dtype)
+        self.denoiser = DiffusersDenoiser(unet.to(device).eval(), scheduler_alphas(root))
+        self.tokenizer = CLIPTokenizer.from_pretrained(root / "tokenizer", local_files_only=True)
+        self.text_encoder = CLIPTextModel.from_pretrained(
+            root / "text_encoder", local_files_only=True, torch_dtype=dtype).to(device).eval()
+        self.device = device
+
+    @torch.no_grad()
+    def encode(self, texts: Sequence[str]) -> torch.Tensor:
+        tok = self.tokenizer(list(texts), padding="max_length", truncation=True,
+                             max_length=self.tokenizer.model_max_length, return_tensors="pt")
+        return self.text_encoder(tok.input_ids.to(self.device))[0]
