@@ -87,7 +87,7 @@ def run_erase(args: argparse.Namespace) -> int:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     start = time.perf_counter()
     pipe = SD1Pipeline(args.model, device=device)
-    cond = encode_conditioning(pipe.encode, config)
+    cond = encode_conditioning(pipe.encode, config, pipe.last_token)
     bar = tqdm(total=config.steps, desc="erasing", unit="step")
 
     def progress(info) -> None:

@@ -27,9 +27,11 @@ class Conditioning:
     trajectory: Tensor | None = None
     retain: list[Tensor] = field(default_factory=list)
     guide: Tensor | None = None
-    # per-concept index of the last real token (UCE uses it); None = the last position
+    # Index of each prompt's last real token (after BOS), for UCE; None = unknown (UCE then uses
+    # every position).
     concept_last_token: list[int] | None = None
     retain_last_token: list[int] | None = None
+    guide_last_token: int = 0
 
     def check(self, context_dim: int | None = None) -> None:
         if not self.concepts:
@@ -56,13 +58,17 @@ class Conditioning:
             concepts=[mv(c) for c in self.concepts], empty=mv(self.empty),
             trajectory=mv(self.trajectory), retain=[mv(r) for r in self.retain],
             guide=mv(self.guide), concept_last_token=self.concept_last_token,
-            retain_last_token=self.retain_last_token,
+            retain_last_token=self.retain_last_token, guide_last_token=self.guide_last_token,
         )
 
 
-def encode_conditioning(encode: Callable[[Sequence[str]], Tensor], config: EraseConfig
+def encode_conditioning(encode: Callable[[Sequence[str]], Tensor], config: EraseConfig,
+                        last_token: Callable[[Sequence[str]], list[int]] | None = None
                         ) -> Conditioning:
-    """Build the conditioning from text with ``encode(list of str) -> (N, L, D)``."""
+    """Build the conditioning from text with ``encode(list of str) -> (N, L, D)``.
+
+    ``last_token(texts)`` gives each text's last real token index (UCE needs it).
+    """
     concepts = list(config.concepts)
     texts = concepts + ["", ", ".join(concepts)] + list(config.retain_prompts)
     if config.uce_guide:
@@ -70,7 +76,11 @@ def encode_conditioning(encode: Callable[[Sequence[str]], Tensor], config: Erase
     emb = encode(texts)
     k = len(concepts)
     n_ret = len(config.retain_prompts)
+    last = list(last_token(texts)) if last_token is not None else None
     return Conditioning(
+        concept_last_token=last[:k] if last else None,
+        retain_last_token=last[k + 2 : k + 2 + n_ret] if last else None,
+        guide_last_token=(last[-1] if config.uce_guide else last[k]) if last else 0,
         concepts=[emb[i : i + 1] for i in range(k)],
         empty=emb[k : k + 1],
         trajectory=emb[k + 1 : k + 2],

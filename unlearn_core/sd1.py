@@ -88,3 +88,9 @@ class SD1Pipeline:
         tok = self.tokenizer(list(texts), padding="max_length", truncation=True,
                              max_length=self.tokenizer.model_max_length, return_tensors="pt")
         return self.text_encoder(tok.input_ids.to(self.device))[0]
+
+    def last_token(self, texts: Sequence[str]) -> list[int]:
+        """Index of each text's last real token: BOS is 0, so a text of n tokens ends at n."""
+        ids = self.tokenizer(list(texts), truncation=True,
+                             max_length=self.tokenizer.model_max_length).input_ids
+        return [max(0, len(i) - 2) for i in ids]
