@@ -194,6 +194,15 @@ class EraseConfig:
         return dataclasses.replace(self, **changes)
 
 
+# Named settings. "sdd-paper" is the official SDD code's loop (fresh 50-step trajectory per step,
+# batch 1); "fast" is this project's faster loop (BENCHMARKS.md: speed and quality side by side).
+PRESETS: dict[str, dict[str, Any]] = {
+    "sdd-paper": dict(sampling_steps=50, batch_size=1, trajectory_reuse=1, parametrization="full",
+                      lr=1e-5, steps=1500, ema_decay=0.999),
+    "fast": dict(sampling_steps=10, batch_size=2, trajectory_reuse=4),
+}
+
+
 def field_help(name: str) -> str:
     """The help text of one EraseConfig field (CLI --help, ComfyUI tooltip)."""
     return config_fields()[name].metadata["help"]

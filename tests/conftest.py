@@ -1,0 +1,64 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS_DIR = Path(__file__).resolve().parent
+if str(TESTS_DIR) not in sys.path:  # so tests can `import comfy_host`
+    sys.path.insert(0, str(TESTS_DIR))
+
+
+# ============================================================================================
+# ComfyUI host fixtures (owner: the node-pack work; see tests/comfy_host.py)
+#
+# One real ComfyUI per test session, booted headless against a session temp folder, with our
+# pack loaded by ComfyUI's own custom-node loader. Tests marked `comfy` need it.
+#   comfy_host            -> comfy_host.ComfyHost (run prompts, node classes, folders)
+#   small_sd15_ckpt       -> file name of a small SD-1.x checkpoint in the host's checkpoints/
+#   full_sd15_unet        -> file name of a full-size SD-1.5 UNet in the host's unet/ (slow)
+# Model files are built once and cached (tests/comfy_host.py: cached_model_file).
+# Env: COMFYUI_PATH (use another ComfyUI), UNLEARN_TEST_THREADS (torch threads, default 1),
+#      UNLEARN_FIXTURE_CACHE (where built model files are cached).
+# ============================================================================================
+
+@pytest.fixture(scope="session")
+def comfy_host(tmp_path_factory):
+    """The real ComfyUI host for this session (installed on first use)."""
+    import comfy_host as ch
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("UNLEARN_TEST_THREADS", "1")))
+    work = tmp_path_factory.mktemp("comfyui")
+    return ch.ComfyHost.get(work)
+
+
+@pytest.fixture(scope="session")
+def small_sd15_ckpt(comfy_host) -> str:
+    """A small SD-1.x checkpoint (44M-param UNet, SD-1 CLIP, TAESD) that CheckpointLoaderSimple reads."""
+    import comfy_host as ch
+
+    name = "unlearn_small_sd15.safetensors"
+    ch.cached_model_file(comfy_host.model_dir("checkpoints") / name,
+                         ch.write_small_sd15_checkpoint, seed=0)
+    comfy_host.refresh_file_lists()
+    return name
+
+
+@pytest.fixture(scope="session")
+def full_sd15_unet(comfy_host) -> str:
+    """A full-size SD-1.5-shaped UNet (random weights, fp16 file) that UNETLoader reads."""
+    import comfy_host as ch
+
+    name = "unlearn_full_sd15_unet.safetensors"
+    ch.cached_model_file(comfy_host.model_dir("unet") / name, ch.write_full_sd15_unet, seed=0)
+    comfy_host.refresh_file_lists()
+    return name
+
+# ============================================================================================
+# end of ComfyUI host fixtures
+# ============================================================================================
