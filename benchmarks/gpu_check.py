@@ -1,0 +1,97 @@
+"""GPU check: an SD-1.4-shaped erasure at 512 px (64×64 latent) in bf16 on CUDA, random weights.
+
+Prints seconds per step (median), peak allocated GPU memory, and the projection to a full erasure
+(the preset's step count), for our engine and — unless --no-reference — a few steps of the
+official loop's structure (benchmarks/reference_sdd.py, fp32, two UNets) for comparison.
+
+    python benchmarks/gpu_check.py --steps 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def main() -> int:
+    import torch
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--preset", default="fast")
+    ap.add_argument("--full-steps", type=int, default=0,
+                    help="steps of a full erasure for the projection (0 = the preset's or 1500)")
+    ap.add_argument("--no-reference", action="store_true")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        print("gpu_check: no CUDA device; run this on a machine with an NVIDIA GPU", file=sys.stderr)
+        return 2
+    from speed import sd14_unet
+
+    from unlearn_core import Conditioning, DiffusersDenoiser, EraseConfig, erase
+    from unlearn_core.config import PRESETS
+
+    dev = torch.device("cuda")
+    print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}")
+    g = torch.Generator().manual_seed(1)
+    emb_c, emb_e = torch.randn(1, 77, 768, generator=g), torch.randn(1, 77, 768, generator=g)
+    preset = dict(PRESETS[args.preset])
+    full_steps = args.full_steps or preset.get("steps", 1500)
+
+    unet = sd14_unet().to(dev, torch.bfloat16)
+    den = DiffusersDenoiser(unet)
+    cond = Conditioning(concepts=[emb_c], empty=emb_e, trajectory=emb_c)
+    cfg = EraseConfig(concepts=("x",), resolution=64, **(preset | {"steps": args.steps}))
+    erase(den, cond, cfg.replace(steps=2))  # warm-up (kernels, allocator)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    times, last = [], [time.perf_counter()]
+
+    def cb(info):
+        torch.cuda.synchronize()
+        now = time.perf_counter()
+        times.append(now - last[0])
+        last[0] = now
+
+    last[0] = time.perf_counter()
+    res = erase(den, cond, cfg, callback=cb)
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    med = statistics.median(times)
+    print(f"ours ({args.preset}, bf16 weights, fp32 deltas): {med:.3f} s/step, peak allocated "
+          f"{peak:.2f} GiB, UNet evals/step "
+          f"{(res.metadata['unet_evals_nograd'] + res.metadata['unet_evals_grad']) / args.steps:.1f}, "
+          f"projected full erasure ({full_steps} steps): {med * full_steps / 60:.1f} min")
+    del unet, den, res
+    torch.cuda.empty_cache()
+    if not args.no_reference:
+        from reference_sdd import ReferenceSDD
+
+        unet = sd14_unet().to(dev)
+        ref = ReferenceSDD(unet, DiffusersDenoiser(unet).alphas_cumprod.to(dev), emb_c.to(dev),
+                           emb_e.to(dev), 64)
+        torch.cuda.reset_peak_memory_stats()
+        _ = ref.run(1)
+        ref_times = []
+        for _ in range(3):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            ref.step()
+            torch.cuda.synchronize()
+            ref_times.append(time.perf_counter() - t0)
+        rmed = statistics.median(ref_times)
+        print(f"reference (SDD structure, fp32, two UNets): {rmed:.3f} s/step, peak allocated "
+              f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB, projected 1500 steps: "
+              f"{rmed * 1500 / 60:.1f} min")
+        print(f"ratio ours/reference seconds per step: {med / rmed:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""Speed and memory: the official SDD loop's structure (benchmarks/reference_sdd.py) and our engine,
+side by side in one run, on an SD-1.4-shaped UNet with random weights (full channel counts) at a
+reduced latent size that fits the CPU.
+
+Each side runs in its own subprocess so its peak resident memory is its own. Printed per side:
+UNet evaluations per training step (counted per latent; a guided pass counts 2), seconds per step
+(median), peak RSS, and FLOPs per step against the floor (one forward/backward plus one target
+forward per step), then the ratios ours / reference.
+
+    python benchmarks/speed.py --latent 16 --steps 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def sd14_unet(seed: int = 0):
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    # diffusers' default UNet2DConditionModel config is SD-1.x's (320/640/1280/1280, 8 heads);
+    # the context width is CLIP ViT-L/14's 768.
+    return UNet2DConditionModel(cross_attention_dim=768).eval()
+
+
+def forward_flops(unet, latent: int) -> int:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(1, 4, latent, latent)
+    c = torch.zeros(1, 77, 768)
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        unet(x, torch.tensor([500]), encoder_hidden_states=c)
+    return int(fc.get_total_flops())
+
+
+def run_side(side: str, latent: int, steps: int, preset: str) -> dict:
+    import torch
+
+    from unlearn_core import Conditioning, DiffusersDenoiser, EraseConfig, erase
+    from unlearn_core.config import PRESETS
+
+    unet = sd14_unet()
+    g = torch.Generator().manual_seed(1)
+    emb_c, emb_e = torch.randn(1, 77, 768, generator=g), torch.randn(1, 77, 768, generator=g)
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    unet_bytes = sum(p.numel() * p.element_size() for p in unet.parameters())
+    flops = forward_flops(unet, latent)
+    if side == "reference":
+        from reference_sdd import ReferenceSDD
+
+        ref = ReferenceSDD(unet, DiffusersDenoiser(unet).alphas_cumprod, emb_c, emb_e, latent)
+        ref.run(1)  # warm-up
+        ref.unet_evals = 0
+        times = ref.run(steps)
+        nograd = ref.unet_evals - 2 * steps
+        per_step_evals = ref.unet_evals / steps
+        grad_per_step = 1
+    else:
+        den = DiffusersDenoiser(unet)
+        cond = Conditioning(concepts=[emb_c], empty=emb_e, trajectory=emb_c)
+        cfg = EraseConfig(concepts=("x",), resolution=latent, steps=steps,
+                          **PRESETS[preset])
+        erase(den, cond, cfg.replace(steps=1))  # warm-up
+        times = []
+        start = [time.perf_counter()]
+
+        def cb(info):
+            now = time.perf_counter()
+            times.append(now - start[0])
+            start[0] = now
+
+        start[0] = time.perf_counter()
+        res = erase(den, cond, cfg, callback=cb)
+        nograd = res.metadata["unet_evals_nograd"]
+        grad_per_step = res.metadata["unet_evals_grad"] / steps
+        per_step_evals = (nograd + res.metadata["unet_evals_grad"]) / steps
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    nograd_per_step = nograd / steps
+    step_flops = flops * (nograd_per_step + 3 * grad_per_step)  # backward ~ 2 forwards
+    return {
+        "side": side, "latent": latent, "steps": steps,
+        "unet_evals_per_step": per_step_evals,
+        "seconds_per_step_median": statistics.median(times),
+        "seconds_per_step_all": times,
+        "peak_rss_bytes": peak, "rss_before_bytes": base_rss, "unet_fp32_bytes": unet_bytes,
+        "forward_flops": flops, "flops_per_step": step_flops,
+        "floor_flops_per_step": flops * 4,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--latent", type=int, nargs="+", default=[16])
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--preset", default="fast", help="our engine's preset (config.PRESETS)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    ap.add_argument("--json", type=Path, help="also write the figures here")
+    ap.add_argument("--side", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.side:
+        print(json.dumps(run_side(args.side, args.latent[0], args.steps, args.preset)))
+        return
+    rows = []
+    for latent in args.latent:
+        for side in ("reference", "ours"):
+            cmd = [sys.executable, __file__, "--side", side, "--latent", str(latent),
+                   "--steps", str(args.steps), "--preset", args.preset,
+                   "--threads", str(args.threads)]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True,
+                                 env=os.environ | {"PYTHONWARNINGS": "ignore"})
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            r = rows[-1]
+            print(f"  {side:9s} latent {latent}: {r['seconds_per_step_median']:.2f} s/step",
+                  file=sys.stderr)
+    print(f"| latent | side | UNet evals/step | s/step (median) | peak RSS GB | RSS / UNet fp32 | "
+          f"GFLOP/step | × floor |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['latent']}×{r['latent']} | {r['side']} | {r['unet_evals_per_step']:.1f} | "
+              f"{r['seconds_per_step_median']:.2f} | {r['peak_rss_bytes'] / 2**30:.2f} | "
+              f"{r['peak_rss_bytes'] / r['unet_fp32_bytes']:.2f} | "
+              f"{r['flops_per_step'] / 1e9:.0f} | {r['flops_per_step'] / r['floor_flops_per_step']:.1f} |")
+    for latent in args.latent:
+        ref = next(r for r in rows if r["latent"] == latent and r["side"] == "reference")
+        ours = next(r for r in rows if r["latent"] == latent and r["side"] == "ours")
+        print(f"\nlatent {latent}: ours / reference — UNet evals per step "
+              f"{ours['unet_evals_per_step'] / ref['unet_evals_per_step']:.3f}, seconds per step "
+              f"{ours['seconds_per_step_median'] / ref['seconds_per_step_median']:.3f}, peak RSS "
+              f"{ours['peak_rss_bytes'] / ref['peak_rss_bytes']:.3f}")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
