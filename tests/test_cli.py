@@ -21,6 +21,7 @@ def test_every_config_field_is_a_flag_with_its_help():
     (["--parametrization", "lora", "--lora-rank", "2"], "lora_down.weight"),
     (["--parametrization", "full", "--svd-rank", "2"], "lora_down.weight"),
     (["--parametrization", "full"], "diff"),
+    (["--method", "uce", "--retain-prompt", "a bird"], "diff"),
 ])
 def test_erase_writes_a_file_with_summary(tmp_path, capsys, extra, suffix):
     model = make_sd1_folder(tmp_path / "sd1")
@@ -30,7 +31,8 @@ def test_erase_writes_a_file_with_summary(tmp_path, capsys, extra, suffix):
                  "--output", str(out), *extra])
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    assert "done: 2 steps" in captured.out and str(out) in captured.out
+    assert ("done: 2 steps" if "uce" not in extra else "done: closed-form UCE") in captured.out
+    assert str(out) in captured.out
     meta = read_metadata(out)
     assert meta["config"]["concepts"] == ["a cat", "a dog"]
     assert len(meta["base_weights_sha256"]) == 64

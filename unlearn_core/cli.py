@@ -88,7 +88,7 @@ def run_erase(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     pipe = SD1Pipeline(args.model, device=device)
     cond = encode_conditioning(pipe.encode, config, pipe.last_token)
-    bar = tqdm(total=config.steps, desc="erasing", unit="step")
+    bar = tqdm(total=config.steps, desc="erasing", unit="step", disable=config.method == "uce")
 
     def progress(info) -> None:
         bar.update(1)
@@ -107,8 +107,11 @@ def run_erase(args: argparse.Namespace) -> int:
         meta["svd_max_relative_error"] = worst
         print(f"SVD rank {args.svd_rank}: worst relative reconstruction error {worst:.3g}")
     save_erasure(out, deltas, meta, overwrite=args.overwrite)
-    print(f"done: {config.steps} steps, final loss {result.loss_history[-1]:.4g}, "
-          f"{time.perf_counter() - start:.1f} s, wrote {out}")
+    if result.loss_history:
+        what = f"{config.steps} steps, final loss {result.loss_history[-1]:.4g}"
+    else:
+        what = f"closed-form UCE edit, condition number {result.metadata['condition_number']:.3g}"
+    print(f"done: {what}, {time.perf_counter() - start:.1f} s, wrote {out}")
     return 0
 
 
