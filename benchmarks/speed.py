@@ -131,8 +131,8 @@ def main() -> None:
             r = rows[-1]
             print(f"  {side:9s} latent {latent}: {r['seconds_per_step_median']:.2f} s/step",
                   file=sys.stderr)
-    print(f"| latent | side | UNet evals/step | s/step (median) | peak RSS GB | RSS / UNet fp32 | "
-          f"GFLOP/step | × floor |")
+    print("| latent | side | UNet evals/step | s/step (median) | peak RSS GB | RSS / UNet fp32 | "
+          "GFLOP/step | × floor |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['latent']}×{r['latent']} | {r['side']} | {r['unet_evals_per_step']:.1f} | "

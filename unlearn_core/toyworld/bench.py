@@ -1,0 +1,215 @@
+"""``unlearn bench``: the erasure-quality benchmark on the toy world.
+
+Tasks (one shape; one texture, the "style" analogue; one colour; three concepts at once) x
+methods (trained: losses x objectives; and UCE) x training seeds, at a fixed step budget. Each run
+is evaluated on the same prompts and the same evaluation noise (common random numbers) as the
+untouched model. Reported per cell: efficacy, retention, CLIP score on erased and retained
+prompts, wall time and UNet evaluations, as mean and 95% interval over seeds (Student t).
+Writes ``bench.md`` (table), ``bench.json`` (every run) and ``bench.png`` into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from .erasure import TOY_SETTINGS, erase_toy, toy_config
+from .evaluate import TASKS, evaluate, retention_ratio, uncond_rate
+
+# two-sided 95% Student t quantiles by degrees of freedom
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+LOSSES_DEFAULT = ("l2", "jensen_shannon", "cramer_wold")
+OBJECTIVES_DEFAULT = ("sdd", "esd")
+
+
+def mean_ci(values: list[float]) -> tuple[float, float]:
+    """Mean and half-width of the 95% interval (0 for a single value)."""
+    m = statistics.fmean(values)
+    if len(values) < 2:
+        return m, 0.0
+    return m, _T95.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values))
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tasks", default=",".join(TASKS), help=f"comma list of {', '.join(TASKS)}")
+    p.add_argument("--losses", default=",".join(LOSSES_DEFAULT), help="comma list of losses")
+    p.add_argument("--objectives", default=",".join(OBJECTIVES_DEFAULT), help="sdd, esd")
+    p.add_argument("--uce", action=argparse.BooleanOptionalAction, default=True,
+                   help="add UCE as a row")
+    p.add_argument("--seeds", type=int, default=3, help="training seeds per cell")
+    p.add_argument("--steps", type=int, default=TOY_SETTINGS["steps"], help="step budget per run")
+    p.add_argument("--repeats", type=int, default=2,
+                   help="evaluation images per caption (erased and retained sets)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a config field for every trained run (repeatable)")
+    p.add_argument("--quick", action="store_true",
+                   help="CI setting: one task, l2 + sdd, UCE, 1 seed, 30 steps, small eval sets")
+    p.add_argument("--out", type=Path, default=Path("bench-out"), help="output folder")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+
+
+def _parse_sets(items: list[str]) -> dict:
+    from ..config import config_fields
+
+    fields = config_fields()
+    out = {}
+    for item in items:
+        key, _, raw = item.partition("=")
+        if key not in fields:
+            from ..errors import ConfigError
+
+            raise ConfigError("--set", item, "unknown config field", "use FIELD=VALUE with a field "
+                              "of EraseConfig")
+        kind = type(fields[key].default)
+        out[key] = kind(raw) if kind is not str else raw
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from . import load_judges, load_toy_model
+
+    if args.quick:
+        args.tasks, args.losses, args.objectives = "shape", "l2", "sdd"
+        args.seeds, args.steps, args.repeats = 1, 30, 1
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    losses = [x.strip() for x in args.losses.split(",") if x.strip()]
+    objectives = [x.strip() for x in args.objectives.split(",") if x.strip()]
+    overrides = _parse_sets(args.set)
+    for t in tasks:
+        if t not in TASKS:
+            from ..errors import ConfigError
+
+            raise ConfigError("--tasks", t, "unknown task", f"use {', '.join(TASKS)}")
+    methods = [("train", loss, obj) for loss in losses for obj in objectives]
+    if args.uce:
+        methods.append(("uce", "-", "-"))
+    for _, loss, obj in methods:  # validate every config before any work
+        if loss != "-":
+            toy_config(["cross"], loss=loss, objective=obj, **_cw(loss), **overrides)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, judges = load_toy_model(verify=True), load_judges(verify=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    runs, baselines = [], {}
+    started = time.perf_counter()
+    for task in tasks:
+        concepts = TASKS[task]
+        base = evaluate(model, judges, concepts, repeats=args.repeats)
+        floor = uncond_rate(model, judges, concepts)
+        baselines[task] = {"efficacy": base.efficacy, "accuracy": base.retention_accuracy,
+                           "clip_erased": base.clip_erased, "clip_retained": base.clip_retained,
+                           "uncond_rate": floor}
+        print(f"[{task}] untouched: efficacy {base.efficacy:.2f}, uncond {floor:.2f}, accuracy "
+              f"{ {k: round(v, 3) for k, v in base.retention_accuracy.items()} }", flush=True)
+        for method, loss, obj in methods:
+            seeds = range(args.seeds) if method == "train" else range(1)  # UCE is deterministic
+            for seed in seeds:
+                if method == "uce":
+                    cfg = toy_config(concepts, method="uce", seed=seed)
+                else:
+                    cfg = toy_config(concepts, loss=loss, objective=obj, steps=args.steps,
+                                     seed=seed, **_cw(loss), **overrides)
+                t0 = time.perf_counter()
+                res = erase_toy(model, cfg)
+                seconds = time.perf_counter() - t0
+                ev = evaluate(model, judges, concepts, res, repeats=args.repeats)
+                row = {
+                    "task": task, "method": method, "loss": loss, "objective": obj, "seed": seed,
+                    "efficacy": ev.efficacy, "retention": retention_ratio(ev, base),
+                    "clip_erased": ev.clip_erased, "clip_retained": ev.clip_retained,
+                    "seconds": seconds,
+                    "unet_evals": res.metadata["unet_evals_nograd"] + res.metadata["unet_evals_grad"],
+                    "config": cfg.to_dict(),
+                }
+                runs.append(row)
+                print(f"  {method:5s} {loss:15s} {obj:4s} seed {seed}: efficacy "
+                      f"{row['efficacy']:.2f} retention {row['retention']:.3f} "
+                      f"{seconds:.1f} s", flush=True)
+    table = markdown_table(runs, baselines)
+    header = (f"Command: `unlearn bench {_argline(args)}`  \n"
+              f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
+              f"torch {torch.__version__}; date {datetime.now(timezone.utc):%Y-%m-%d}; "
+              f"{time.perf_counter() - started:.0f} s in all.\n\n")
+    (args.out / "bench.md").write_text(header + table)
+    (args.out / "bench.json").write_text(json.dumps({"runs": runs, "baselines": baselines},
+                                                    indent=1))
+    plot(runs, args.out / "bench.png")
+    print(header + table)
+    return 0
+
+
+def _cw(loss: str) -> dict:
+    return {"batch_size": max(2, TOY_SETTINGS["batch_size"])} if loss == "cramer_wold" else {}
+
+
+def _argline(args: argparse.Namespace) -> str:
+    if args.quick:
+        return "--quick"
+    parts = [f"--tasks {args.tasks}", f"--losses {args.losses}", f"--objectives {args.objectives}",
+             f"--seeds {args.seeds}", f"--steps {args.steps}", f"--repeats {args.repeats}"]
+    parts += [f"--set {s}" for s in args.set]
+    return " ".join(parts) + ("" if args.uce else " --no-uce")
+
+
+def markdown_table(runs: list[dict], baselines: dict) -> str:
+    lines = ["| task | method | loss | objective | n | efficacy ↓ | retention ↑ | CLIP erased ↓ | "
+             "CLIP retained | seconds | UNet evals |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for task, base in baselines.items():
+        lines.append(f"| {task} | untouched | | | | {base['efficacy']:.2f} (uncond "
+                     f"{base['uncond_rate']:.2f}) | 1 | {base['clip_erased']:.1f} | "
+                     f"{base['clip_retained']:.1f} | | |")
+        keys = []
+        for r in runs:
+            k = (r["method"], r["loss"], r["objective"])
+            if r["task"] == task and k not in keys:
+                keys.append(k)
+        for k in keys:
+            rows = [r for r in runs if r["task"] == task and (r["method"], r["loss"],
+                                                               r["objective"]) == k]
+
+            def cell(field: str, fmt: str, rows: list[dict] = rows) -> str:
+                m, h = mean_ci([r[field] for r in rows])
+                return f"{m:{fmt}} ± {h:{fmt}}" if len(rows) > 1 else f"{m:{fmt}}"
+
+            lines.append(f"| {task} | {k[0]} | {k[1]} | {k[2]} | {len(rows)} | "
+                         f"{cell('efficacy', '.2f')} | {cell('retention', '.3f')} | "
+                         f"{cell('clip_erased', '.1f')} | {cell('clip_retained', '.1f')} | "
+                         f"{cell('seconds', '.1f')} | {cell('unet_evals', '.0f')} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(runs: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(dict.fromkeys(r["task"] for r in runs))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.8), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        keys = list(dict.fromkeys((r["method"], r["loss"], r["objective"]) for r in runs
+                                  if r["task"] == task))
+        for k in keys:
+            rows = [r for r in runs if r["task"] == task and (r["method"], r["loss"],
+                                                               r["objective"]) == k]
+            ex, eh = mean_ci([r["efficacy"] for r in rows])
+            rx, rh = mean_ci([r["retention"] for r in rows])
+            label = "uce" if k[0] == "uce" else f"{k[1]}/{k[2]}"
+            ax.errorbar(ex, rx, xerr=eh, yerr=rh, fmt="o", capsize=3, label=label)
+        ax.set_title(task)
+        ax.set_xlabel("efficacy (still judged concept) ↓")
+        ax.set_ylabel("retention ↑")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

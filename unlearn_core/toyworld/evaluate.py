@@ -1,0 +1,145 @@
+"""Measuring an erasure in the toy world: efficacy, retention, CLIP scores, the unconditional floor.
+
+- efficacy: share of generations for prompts that contain an erased concept which the judge still
+  calls that concept (on the concept's axis). Lower is better; SDD maps the concept onto the
+  unconditional output, so its floor is ``uncond_rate``.
+- retention: the judge's accuracy (mean over shape, colour, texture) on prompts without any
+  erased concept, divided by the untouched model's accuracy on the same prompts and noise.
+- uncond_rate: share of the untouched model's empty-prompt samples judged to be the concept.
+- CLIP score (unlearn_core.metrics.clip_score, the same function as the nodes and the CLI) of the
+  erased and retained generations against their captions, with the toy world's tiny CLIP.
+Every model is evaluated on the same seeds (common random numbers), so differences between
+models are not differences of evaluation noise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import torch
+
+from ..denoiser import DiffusersDenoiser
+from ..errors import ConfigError
+from ..result import EraseResult
+from .dataset import AXES
+from .generation import PromptSet, all_prompts, generate
+from .judges import judge
+from .model import ToyModel
+
+TASKS: dict[str, tuple[str, ...]] = {
+    "shape": ("cross",),
+    "texture": ("striped",),
+    "colour": ("red",),
+    "three": ("triangle", "dotted", "blue"),
+}
+
+
+def concept_axis(concept: str) -> tuple[str, int]:
+    """("shape", index) for "circle", etc. Raises ConfigError for a word outside the toy world."""
+    for axis, values in AXES.items():
+        if concept in values:
+            return axis, values.index(concept)
+    words = ", ".join(v for vals in AXES.values() for v in vals)
+    raise ConfigError("concepts", concept, "not a toy-world concept", f"use one of: {words}")
+
+
+def split_prompts(concepts: Sequence[str], repeats: int = 1) -> tuple[PromptSet, PromptSet]:
+    """(prompts containing any concept, prompts containing none), full captions."""
+    axes = [concept_axis(c) for c in concepts]
+    full = all_prompts(repeats)
+    labels = full.labels()
+    has = torch.zeros(len(full), dtype=torch.bool)
+    for axis, idx in axes:
+        has |= labels[axis] == idx
+
+    def subset(mask: torch.Tensor) -> PromptSet:
+        keep = mask.nonzero().flatten().tolist()
+        return PromptSet(tuple(full.prompts[i] for i in keep), full.shape[mask],
+                         full.colour[mask], full.texture[mask])
+
+    return subset(has), subset(~has)
+
+
+@dataclass
+class Evaluation:
+    efficacy: float
+    retention_accuracy: dict[str, float]
+    erased_accuracy_other_axes: dict[str, float]
+    clip_erased: float
+    clip_retained: float
+    images_erased: torch.Tensor = field(repr=False)
+    images_retained: torch.Tensor = field(repr=False)
+
+
+@lru_cache(maxsize=1)
+def toy_clip():
+    from ..metrics.clip_score import load_clip
+    from . import TINY_CLIP_FILE, asset_path
+
+    return load_clip("unlearn-toy-clip", asset_path(TINY_CLIP_FILE))
+
+
+def _unit(images: torch.Tensor) -> torch.Tensor:
+    return (images.clamp(-1, 1) + 1) / 2
+
+
+@torch.no_grad()
+def evaluate(model: ToyModel, judges: dict, concepts: Sequence[str],
+             erasure: EraseResult | None = None, seed: int = 10_000, repeats: int = 2,
+             steps: int = 20, with_clip: bool = True) -> Evaluation:
+    """Generate the erased and retained prompt sets (``repeats`` per caption) and measure them."""
+    erased_set, retained_set = split_prompts(concepts, repeats)
+    ctx = (erasure.applied(DiffusersDenoiser(model.unet, model.alphas_cumprod))
+           if erasure is not None else contextlib.nullcontext())
+    with ctx:
+        img_e = generate(model, erased_set.prompts, [seed + i for i in range(len(erased_set))],
+                         steps=steps)
+        img_r = generate(model, retained_set.prompts,
+                         [seed + 50_000 + i for i in range(len(retained_set))], steps=steps)
+    pred_e, pred_r = judge(img_e, judges), judge(img_r, judges)
+    labels_e, labels_r = erased_set.labels(), retained_set.labels()
+    still, pairs = 0, 0
+    contained = torch.zeros(len(erased_set), len(AXES), dtype=torch.bool)
+    for axis, idx in (concept_axis(c) for c in concepts):
+        mask = labels_e[axis] == idx
+        still += int(((pred_e[axis] == idx) & mask).sum())
+        pairs += int(mask.sum())
+        contained[:, list(AXES).index(axis)] |= mask
+    retention = {a: float((pred_r[a] == labels_r[a]).float().mean()) for a in AXES}
+    # On erased prompts, the axes that were *not* erased should survive (a red cross -> red).
+    other = {}
+    for k, a in enumerate(AXES):
+        keep = ~contained[:, k]
+        if keep.any():
+            other[a] = float((pred_e[a][keep] == labels_e[a][keep]).float().mean())
+    clip_e = clip_r = float("nan")
+    if with_clip:
+        from ..metrics.clip_score import clip_score
+
+        clip = toy_clip()
+        clip_e = clip_score(clip, _unit(img_e), list(erased_set.prompts), template="{}").mean
+        clip_r = clip_score(clip, _unit(img_r), list(retained_set.prompts), template="{}").mean
+    return Evaluation(
+        efficacy=still / max(pairs, 1), retention_accuracy=retention,
+        erased_accuracy_other_axes=other, clip_erased=clip_e, clip_retained=clip_r,
+        images_erased=img_e, images_retained=img_r,
+    )
+
+
+@torch.no_grad()
+def uncond_rate(model: ToyModel, judges: dict, concepts: Sequence[str], n: int = 96,
+                seed: int = 20_000, steps: int = 20) -> float:
+    """Share of the model's empty-prompt samples judged to be each concept, averaged."""
+    images = generate(model, [""] * n, [seed + i for i in range(n)], steps=steps)
+    pred = judge(images, judges)
+    rates = [float((pred[axis] == idx).float().mean()) for axis, idx in map(concept_axis, concepts)]
+    return sum(rates) / len(rates)
+
+
+def retention_ratio(after: Evaluation, before: Evaluation) -> float:
+    """Mean over axes of accuracy after / before on the retained prompts."""
+    ratios = [after.retention_accuracy[a] / max(before.retention_accuracy[a], 1e-9) for a in AXES]
+    return sum(ratios) / len(ratios)
