@@ -59,6 +59,32 @@ def full_sd15_unet(comfy_host) -> str:
     comfy_host.refresh_file_lists()
     return name
 
+
+@pytest.fixture
+def tiny_training(comfy_host, monkeypatch):
+    """Shrink the pack's "fast" preset -- where the simple Erase node takes its hidden settings --
+    to CPU size (8x8 latents, 4-step trajectories) for one test. Patches the pack's own copy of
+    unlearn_core (ComfyUI imported it as ``unlearn.unlearn_core``)."""
+    import node_helpers
+
+    presets = node_helpers.pack_module("unlearn_core.config").PRESETS
+    monkeypatch.setitem(presets, "fast", {**presets["fast"], **node_helpers.TINY_TRAINING})
+    return node_helpers.TINY_TRAINING
+
+
+@pytest.fixture(scope="session")
+def comfy_server(comfy_host, small_sd15_ckpt, tmp_path_factory):
+    """The real ComfyUI server (main.py) on a free port, sharing the host's model folders and
+    our pack; its own output folders. Stopped at the end of the session."""
+    from comfy_server import ComfyServer
+
+    server = ComfyServer(comfy_host.comfy_dir, tmp_path_factory.mktemp("server"),
+                         comfy_host.models_dir, comfy_host.work_dir / "custom_nodes")
+    server.start()
+    yield server
+    server.stop()
+
+
 # ============================================================================================
 # end of ComfyUI host fixtures
 # ============================================================================================

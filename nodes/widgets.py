@@ -1,0 +1,128 @@
+"""Node inputs made from ``EraseConfig`` fields: the input name is the field name, the tooltip is
+the field's help text, combos come from its ``choices``, number ranges from ``min``/``max``.
+
+Only what the config cannot say lives here: the widget step and the upper bounds a slider needs
+(the web UI assumes 0..2048 when none is given, and rounds a FLOAT to its step unless told not to).
+Defaults are the config's own, with the core's "fast" preset on top (``node_defaults``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from ..unlearn_core.config import PRESETS, EraseConfig, config_fields
+from ..unlearn_core.errors import ConfigError
+from ..unlearn_core.selection import SELECTIONS
+
+NODE_PRESET = "fast"  # the core preset the nodes start from (tuned in unlearn_core.config.PRESETS)
+SEED_MAX = 0xFFFFFFFFFFFFFFFF
+
+# Per-field widget hints the config does not carry: step, slider bounds, exclusive minimums.
+UI_HINTS: dict[str, dict[str, Any]] = {
+    "retain_weight": {"step": 0.05, "max": 100.0},
+    "esd_eta": {"step": 0.1, "max": 100.0},
+    "js_temperature": {"step": 0.05, "min": 0.01, "max": 100.0},
+    "cw_directions": {"max": 4096},
+    "cw_bandwidth": {"step": 0.01, "max": 1000.0},
+    "lora_rank": {"max": 1280},
+    "lora_alpha": {"step": 0.5, "min": 0.01, "max": 1280.0},
+    "steps": {"max": 100000},
+    "lr": {"step": 1e-6, "min": 1e-8, "max": 1.0},
+    "weight_decay": {"step": 1e-5, "max": 1.0},
+    "grad_clip": {"step": 0.1, "max": 1000.0},
+    "ema_decay": {"step": 1e-4},
+    "guidance": {"step": 0.1, "max": 30.0},
+    "sampling_steps": {"max": 1000},
+    "batch_size": {"max": 64},
+    "trajectory_reuse": {"max": 1000},
+    "resolution": {"max": 256},
+    "uce_lambda": {"step": 0.05, "min": 0.001, "max": 100.0},
+    "uce_erase_scale": {"step": 0.1, "max": 100.0},
+    "uce_preserve_scale": {"step": 0.1, "max": 100.0},
+    "seed": {"max": SEED_MAX},
+}
+
+MULTILINE = {"concepts", "retain_prompts", "erased_prompts", "retained_prompts"}
+
+
+def node_defaults() -> dict[str, Any]:
+    """Every config field's default with the core's node preset applied (read at each call, so a
+    retuned preset shows up without touching the nodes)."""
+    values = {name: f.default for name, f in config_fields().items()}
+    values.update(PRESETS.get(NODE_PRESET, {}))
+    return values
+
+
+def field_input(name: str, default: Any = None, tooltip: str | None = None,
+                config: type = EraseConfig) -> tuple:
+    """The ComfyUI input spec of one field of ``config`` (EraseConfig, or the metrics' configs):
+    (type, options)."""
+    f = {f.name: f for f in dataclasses.fields(config)}[name]
+    meta = f.metadata
+    hints = UI_HINTS.get(name, {})
+    if default is None:
+        default = node_defaults()[name] if config is EraseConfig else f.default
+    opts: dict[str, Any] = {"tooltip": tooltip or meta["help"]}
+    if name == "selection":  # free text in the config (aliases); the canonical names here
+        return (list(SELECTIONS), {"default": default, **opts})
+    if "choices" in meta:
+        return (list(meta["choices"]), {"default": default, **opts})
+    if isinstance(f.default, tuple):
+        multiline = name in MULTILINE
+        if isinstance(default, (tuple, list)):  # prompts one per line; numbers "0, 1, 2"
+            text = ("\n" if multiline else ", ").join(f"{v:g}" if isinstance(v, float) else str(v)
+                                                      for v in default)
+        else:
+            text = str(default)
+        return ("STRING", {"default": text, "multiline": multiline, "dynamicPrompts": False,
+                           **opts})
+    if isinstance(f.default, bool):
+        return ("BOOLEAN", {"default": default, **opts})
+    if isinstance(f.default, int):
+        return ("INT", {"default": int(default), "min": int(hints.get("min", meta.get("min", 0))),
+                        "max": int(hints.get("max", meta.get("max", 1_000_000))),
+                        "step": int(hints.get("step", 1)), **opts})
+    if isinstance(f.default, float):
+        low = hints.get("min", meta.get("min", meta.get("min_exclusive", 0.0)))
+        return ("FLOAT", {"default": float(default), "min": float(low),
+                          "max": float(hints.get("max", meta.get("max", 1000.0))),
+                          "step": float(hints.get("step", 0.01)), "round": False, **opts})
+    if isinstance(f.default, str):
+        return ("STRING", {"default": default, "multiline": False, "dynamicPrompts": False,
+                           **opts})
+    raise TypeError(f"no widget for config field {name!r} of type {type(f.default).__name__}")
+
+
+def lines(text: Any) -> tuple[str, ...]:
+    """Non-blank lines of a multiline widget, stripped."""
+    if text is None:
+        return ()
+    return tuple(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+def concepts_problem(text: Any, input_name: str = "concepts") -> str | None:
+    """A message for VALIDATE_INPUTS when the concept text is blank (None when fine or linked)."""
+    if text is None:  # linked from another node: checked when the node runs
+        return None
+    if not lines(text):
+        return (f"{input_name} is blank: type the concept to erase (one per line, e.g. "
+                "'Van Gogh'), then queue again.")
+    return None
+
+
+def build_config(values: Mapping[str, Any], base: Mapping[str, Any] | None = None) -> EraseConfig:
+    """An EraseConfig from node inputs (only config fields are read; multiline text -> tuples).
+
+    Raises ConfigError whose ``field`` is the node input to change.
+    """
+    merged = dict(node_defaults() if base is None else base)
+    known = set(config_fields())
+    for name, value in values.items():
+        if name in known:
+            merged[name] = lines(value) if name in MULTILINE and isinstance(value, str) else value
+    if not merged.get("concepts"):
+        raise ConfigError("concepts", "", "no concept given",
+                          "type the concept to erase (one per line)")
+    return EraseConfig(**{k: v for k, v in merged.items() if k in known})
