@@ -199,7 +199,7 @@ class EraseConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     "sdd-paper": dict(sampling_steps=50, batch_size=1, trajectory_reuse=1, parametrization="full",
                       lr=1e-5, steps=1500, ema_decay=0.999),
-    "fast": dict(sampling_steps=10, batch_size=2, trajectory_reuse=4),
+    "fast": dict(sampling_steps=10, batch_size=2, trajectory_reuse=4, timestep_weighting="snr"),
 }
 
 

@@ -21,7 +21,9 @@ from ..errors import ConfigError, OutputExistsError
 from .erasure import TOY_SETTINGS, erase_toy, toy_config
 from .evaluate import concept_axis, evaluate, retention_ratio, uncond_rate
 
-GRID_SEEDS = (0, 1, 2, 3)
+GRID_SEEDS = (0, 1, 2)
+# Evaluation sizes: 24 generations of erased prompts, 36 of retained ones, 48 unconditional.
+EVAL = dict(repeats=2, retained_repeats=1)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -84,8 +86,8 @@ def run(args: argparse.Namespace) -> int:
     model, judges = load_toy_model(verify=True), load_judges(verify=True)
     print(f"erasing {args.concept!r} from the toy model ({config.method}, loss {config.loss}, "
           f"objective {config.objective}, {config.steps} steps)")
-    before = evaluate(model, judges, [args.concept])
-    floor = uncond_rate(model, judges, [args.concept])
+    before = evaluate(model, judges, [args.concept], **EVAL)
+    floor = uncond_rate(model, judges, [args.concept], n=48)
     base_eff = before.efficacy
     bar = tqdm(total=config.steps, desc="erasing", unit="step", disable=config.method == "uce")
 
@@ -98,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     train_seconds = result.metadata["seconds"]
-    after = evaluate(model, judges, [args.concept], result)
+    after = evaluate(model, judges, [args.concept], result, **EVAL)
     retention = retention_ratio(after, before)
     erased_set, retained_set = split_prompts([args.concept])
     grid = _grid(model, result, erased_set.prompts[:3], retained_set.prompts[:3])

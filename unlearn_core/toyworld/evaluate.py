@@ -89,9 +89,12 @@ def _unit(images: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def evaluate(model: ToyModel, judges: dict, concepts: Sequence[str],
              erasure: EraseResult | None = None, seed: int = 10_000, repeats: int = 2,
-             steps: int = 20, with_clip: bool = True) -> Evaluation:
-    """Generate the erased and retained prompt sets (``repeats`` per caption) and measure them."""
-    erased_set, retained_set = split_prompts(concepts, repeats)
+             steps: int = 20, with_clip: bool = True, retained_repeats: int | None = None
+             ) -> Evaluation:
+    """Generate the erased and retained prompt sets (``repeats`` per caption, or
+    ``retained_repeats`` for the retained set) and measure them."""
+    erased_set, _ = split_prompts(concepts, repeats)
+    _, retained_set = split_prompts(concepts, retained_repeats or repeats)
     ctx = (erasure.applied(DiffusersDenoiser(model.unet, model.alphas_cumprod))
            if erasure is not None else contextlib.nullcontext())
     with ctx:

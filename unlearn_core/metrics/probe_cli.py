@@ -1,0 +1,213 @@
+"""``unlearn probe``: the partial-diffusion probe of an erasure, on the toy world by default or on a
+local diffusers-format SD-1.x folder; optionally the before/after report too.
+
+    unlearn probe --concept cross                      # toy world: erase "cross" by UCE, probe it
+    unlearn probe --concept cross --method train --retained "a red circle" --output out/
+    unlearn probe --model ~/sd-v1-4 --erasure vangogh.safetensors --concept "Van Gogh" \\
+        --clip-arch ViT-L-14 --clip-weights ~/clip/ViT-L-14.safetensors --output out/
+
+Without ``--erasure`` the toy world erases the concept itself first (``--method uce``: closed form,
+seconds; ``train``: short-run SDD, about a minute). Outputs: the curve and the CCS-style score on
+stdout; with ``--output``, ``probe_curve.png``, ``probe_images.png``, ``probe.json``, ``probe.md``
+(and ``report_*`` with ``--retained``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from ..errors import ConfigError
+from .cli import add_clip_arguments, load_clip_from_args
+from .config import ProbeConfig, ReportConfig
+
+SD_VAE_SCALE = 0.18215  # SD-1's latent scaling factor (LDM, Rombach et al. 2022)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--concept", required=True, help=_help("concept"))
+    p.add_argument("--model", default=None, help="local diffusers-format SD-1.x folder; default: "
+                   "the toy world's model")
+    p.add_argument("--erasure", default=None, help="the erasure to probe: a LoRA/diff .safetensors "
+                   "file written by `unlearn erase` (toy world: optional)")
+    p.add_argument("--method", default="uce", choices=("uce", "train"),
+                   help="toy world without --erasure: how to erase the concept first")
+    p.add_argument("--steps", type=int, default=None, help="toy world, --method train: training steps")
+    for f in dataclasses.fields(ProbeConfig):
+        if f.name == "concept":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = ", ".join(map(str, f.default)) if isinstance(f.default, tuple) else str(f.default)
+        if f.name == "guidance":
+            default += "; toy world: 3"
+        # SUPPRESS: an unset flag leaves the config's own default (and its help shows it once).
+        p.add_argument(flag, dest=f.name, default=argparse.SUPPRESS,
+                       type=None if isinstance(f.default, tuple) else type(f.default),
+                       help=f"{_help(f.name)} (default: {default})")
+    p.add_argument("--scorer", default="auto", choices=("auto", "judge", "clip"),
+                   help="presence score: the toy judges' confidence in what the prompt names (toy "
+                   "world: shape, colour, texture) or CLIP score against the prompt; auto picks "
+                   "the judges where they know the concept")
+    add_clip_arguments(p)
+    p.add_argument("--retained", action="append", default=None,
+                   help="also write the before/after report, with this retained prompt (repeat)")
+    p.add_argument("--resolution", type=int, default=512, help="SD: image size in pixels")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads for torch (0 = torch's default; 1 is fastest on a busy machine)")
+    p.add_argument("--output", default=None, help="folder for the images and the JSON/markdown")
+
+
+def _help(name: str) -> str:
+    return {f.name: f for f in dataclasses.fields(ProbeConfig)}[name].metadata["help"]
+
+
+def _layer_shapes(module) -> dict[str, tuple[int, ...]]:
+    import torch
+
+    return {n: tuple(m.weight.shape) for n, m in module.named_modules()
+            if isinstance(getattr(m, "weight", None), torch.Tensor)}
+
+
+class _SDWorld:
+    """A local SD-1.x folder: UNet denoiser, CLIP text encoder, VAE decoder."""
+
+    def __init__(self, path: str, device: str, resolution: int) -> None:
+        import torch
+        from diffusers import AutoencoderKL
+
+        from ..sd1 import SD1Pipeline
+
+        if resolution % 8:
+            raise ConfigError("--resolution", resolution, "must be a multiple of 8", "use e.g. 512")
+        pipe = SD1Pipeline(path, device=device)
+        self.denoiser = pipe.denoiser
+        self.encode = pipe.encode
+        self.vae = AutoencoderKL.from_pretrained(Path(path) / "vae", local_files_only=True).to(device).eval()
+        self.latent_shape = (4, resolution // 8, resolution // 8)
+        self._torch = torch
+
+    def decode(self, latents):
+        with self._torch.no_grad():
+            x = self.vae.decode(latents.to(self.vae.dtype) / SD_VAE_SCALE).sample
+        return ((x.float() + 1) / 2).clamp(0, 1)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from .generation import DeltaErasure
+    from .images import save_png
+    from .probe import partial_diffusion_probe
+
+    if args.threads < 0:
+        raise ConfigError("--threads", args.threads, "must be >= 0", "give 0 (default) or a count")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    toy = args.model is None
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(ProbeConfig)
+              if f.name != "concept" and getattr(args, f.name, None) is not None}
+    if toy:
+        from .toy import TOY_GUIDANCE
+
+        values.setdefault("guidance", TOY_GUIDANCE)
+    config = ProbeConfig(concept=args.concept, **values)  # checked before anything loads
+    if args.erasure is not None and not Path(args.erasure).is_file():
+        raise ConfigError("--erasure", args.erasure, "the file does not exist",
+                          "give the .safetensors file written by `unlearn erase`")
+    if not toy and args.erasure is None:
+        raise ConfigError("--erasure", None, "a model on disk needs the erasure to probe",
+                          "give --erasure FILE (from `unlearn erase`)")
+    if args.scorer == "judge" and not toy:
+        raise ConfigError("--scorer", "judge", "judges exist only in the toy world",
+                          "use --scorer clip with --clip-arch and --clip-weights")
+    if not toy and args.clip_weights is None:
+        raise ConfigError("--clip-weights", None, "SD-1's text encoder has no projection head, so the "
+                          "probe needs a separate CLIP model", "give --clip-arch and --clip-weights")
+    if args.output:
+        Path(args.output).mkdir(parents=True, exist_ok=True)
+
+    if toy:
+        from .toy import load_toy_world
+
+        world = load_toy_world()
+        encode, decode, latent_shape = world.encode, world.decode, world.latent_shape
+        denoiser = world.denoiser
+    else:
+        world = _SDWorld(args.model, args.device, args.resolution)
+        encode, decode, latent_shape = world.encode, world.decode, world.latent_shape
+        denoiser = world.denoiser
+
+    if args.erasure is not None:
+        from ..files import load_erasure
+
+        loaded = load_erasure(args.erasure, _layer_shapes(denoiser.module))
+        erased = DeltaErasure(loaded.deltas, loaded.metadata)
+        print(f"erasure: {args.erasure} ({len(loaded.deltas)} layers)", file=sys.stderr)
+    else:
+        settings = {"steps": args.steps} if args.steps and args.method == "train" else {}
+        with tqdm(desc=f"erasing {config.concept!r} ({args.method})", unit="step",
+                  disable=args.method == "uce") as ebar:
+
+            def step(info) -> None:  # returns None: a truthy return would cancel the trainer
+                ebar.update(1)
+
+            erased = world.erase(config.concept, args.method, callback=step, **settings)
+
+    if args.scorer == "clip" or (args.scorer == "auto" and not toy):
+        from .scorers import ClipScorer
+
+        scorer = ClipScorer(load_clip_from_args(args, args.device), args.template)
+    else:
+        from .toy import toy_judge_scorer
+
+        scorer = toy_judge_scorer()
+        if not scorer.understands(config.concept):
+            if args.scorer == "judge":
+                raise ConfigError("--concept", config.concept, "the toy judges know shapes, colours "
+                                  "and textures, and the concept names none", "name one, or use "
+                                  "--scorer clip")
+            from .scorers import ClipScorer
+
+            scorer = ClipScorer(load_clip_from_args(args, args.device), args.template)
+
+    emb = encode([config.concept, ""])
+    bar = tqdm(total=1, desc="probe", unit="step")
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    try:
+        result = partial_diffusion_probe(denoiser, erased, emb[:1], emb[1:], scorer, config, decode,
+                                         latent_shape, on_progress=progress)
+    finally:
+        bar.close()
+    print(result.markdown())
+    if args.output:
+        out = Path(args.output)
+        save_png(result.plot(), out / "probe_curve.png")
+        save_png(result.grid(), out / "probe_images.png")
+        (out / "probe.json").write_text(json.dumps(result.to_dict(), indent=2))
+        (out / "probe.md").write_text(result.markdown() + "\n\n![curve](probe_curve.png)\n\n"
+                                      "![images](probe_images.png)\n")
+        print(f"wrote {out}/probe_curve.png, probe_images.png, probe.json, probe.md", file=sys.stderr)
+    if args.retained:
+        from .report import build_report
+
+        rconf = ReportConfig(erased_prompts=(config.concept,), retained_prompts=tuple(args.retained),
+                             seeds=config.seeds, guidance=config.guidance,
+                             sampling_steps=config.sampling_steps, strength=config.strength,
+                             batch_size=config.batch_size)
+        with torch.no_grad():
+            report = build_report(denoiser, erased, encode, decode, latent_shape, scorer, rconf)
+        print(report.markdown())
+        if args.output:
+            paths = report.save(args.output)
+            print("wrote " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
+    return 0
