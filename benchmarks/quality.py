@@ -17,7 +17,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-REFERENCE = dict(sampling_steps=50, batch_size=1, trajectory_reuse=1)
+# SDD's loop: a fresh 50-step trajectory every step, one state, the unweighted loss.
+REFERENCE = dict(sampling_steps=50, batch_size=1, trajectory_reuse=1, timestep_weighting="none")
 
 
 def main() -> None:
@@ -63,6 +64,7 @@ def main() -> None:
     fast_sec = sum(r["seconds"] for r in rows if r["setting"] == "fast settings") / args.seeds
     equal_time_steps = max(1, round(args.steps * fast_sec / ref_sec))
     run("reference settings, equal wall time", REFERENCE, equal_time_steps)
+    run("fast settings, half the steps", fast, max(1, args.steps // 2))
     print(f"concept {args.concept!r}; untouched efficacy {base.efficacy:.2f}; fast settings "
           f"{fast}; reference {REFERENCE}; toy settings otherwise {TOY_SETTINGS}\n")
     print("| setting | steps | seconds | UNet evals | efficacy ↓ | retention ↑ |")

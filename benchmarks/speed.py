@@ -60,6 +60,18 @@ def run_side(side: str, latent: int, steps: int, preset: str) -> dict:
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     unet_bytes = sum(p.numel() * p.element_size() for p in unet.parameters())
     flops = forward_flops(unet, latent)
+    if side == "uce":
+        den = DiffusersDenoiser(unet)
+        cond = Conditioning(concepts=[emb_c], empty=emb_e, trajectory=emb_c,
+                            concept_last_token=[5], guide_last_token=0)
+        cfg = EraseConfig(concepts=("x",), method="uce")
+        t0 = time.perf_counter()
+        res = erase(den, cond, cfg)
+        times = [time.perf_counter() - t0]
+        return {"side": "uce", "latent": latent, "steps": 1, "seconds_total": times[0],
+                "layers": res.metadata["layers"], "condition_number": res.metadata["condition_number"],
+                "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                "unet_fp32_bytes": unet_bytes}
     if side == "reference":
         from reference_sdd import ReferenceSDD
 
@@ -107,7 +119,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--latent", type=int, nargs="+", default=[16])
     ap.add_argument("--steps", type=int, default=4)
-    ap.add_argument("--preset", default="fast", help="our engine's preset (config.PRESETS)")
+    ap.add_argument("--presets", nargs="+", default=["fast", "fast-lora"],
+                    help="our engine's presets to time (config.PRESETS)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     ap.add_argument("--side", help=argparse.SUPPRESS)
@@ -117,19 +130,20 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
     if args.side:
-        print(json.dumps(run_side(args.side, args.latent[0], args.steps, args.preset)))
+        print(json.dumps(run_side(args.side, args.latent[0], args.steps, args.presets[0])))
         return
     rows = []
     for latent in args.latent:
-        for side in ("reference", "ours"):
+        for side, preset in [("reference", "-")] + [("ours", p) for p in args.presets]:
             cmd = [sys.executable, __file__, "--side", side, "--latent", str(latent),
-                   "--steps", str(args.steps), "--preset", args.preset,
+                   "--steps", str(args.steps), "--presets", preset,
                    "--threads", str(args.threads)]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True,
                                  env=os.environ | {"PYTHONWARNINGS": "ignore"})
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             r = rows[-1]
-            print(f"  {side:9s} latent {latent}: {r['seconds_per_step_median']:.2f} s/step",
+            r["side"] = "reference (SDD structure)" if side == "reference" else f"ours ({preset})"
+            print(f"  {r['side']} latent {latent}: {r['seconds_per_step_median']:.2f} s/step",
                   file=sys.stderr)
     print("| latent | side | UNet evals/step | s/step (median) | peak RSS GB | RSS / UNet fp32 | "
           "GFLOP/step | × floor |")
@@ -140,12 +154,19 @@ def main() -> None:
               f"{r['peak_rss_bytes'] / r['unet_fp32_bytes']:.2f} | "
               f"{r['flops_per_step'] / 1e9:.0f} | {r['flops_per_step'] / r['floor_flops_per_step']:.1f} |")
     for latent in args.latent:
-        ref = next(r for r in rows if r["latent"] == latent and r["side"] == "reference")
-        ours = next(r for r in rows if r["latent"] == latent and r["side"] == "ours")
-        print(f"\nlatent {latent}: ours / reference — UNet evals per step "
-              f"{ours['unet_evals_per_step'] / ref['unet_evals_per_step']:.3f}, seconds per step "
-              f"{ours['seconds_per_step_median'] / ref['seconds_per_step_median']:.3f}, peak RSS "
-              f"{ours['peak_rss_bytes'] / ref['peak_rss_bytes']:.3f}")
+        ref = next(r for r in rows if r["latent"] == latent and r["side"].startswith("reference"))
+        for ours in (r for r in rows if r["latent"] == latent and r["side"].startswith("ours")):
+            print(f"\nlatent {latent}: {ours['side']} / reference — UNet evals per step "
+                  f"{ours['unet_evals_per_step'] / ref['unet_evals_per_step']:.3f}, seconds per "
+                  f"step {ours['seconds_per_step_median'] / ref['seconds_per_step_median']:.3f}, "
+                  f"peak RSS {ours['peak_rss_bytes'] / ref['peak_rss_bytes']:.3f}")
+    out = subprocess.run([sys.executable, __file__, "--side", "uce", "--threads", str(args.threads)],
+                         check=True, capture_output=True, text=True,
+                         env=os.environ | {"PYTHONWARNINGS": "ignore"})
+    uce = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"\nUCE (closed form, {uce['layers']} to_k/to_v layers, float64 solve) on the same UNet: "
+          f"{uce['seconds_total']:.2f} s in all, condition number {uce['condition_number']:.3g}")
+    rows.append(uce)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 

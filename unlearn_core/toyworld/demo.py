@@ -103,7 +103,9 @@ def run(args: argparse.Namespace) -> int:
     after = evaluate(model, judges, [args.concept], result, **EVAL)
     retention = retention_ratio(after, before)
     erased_set, retained_set = split_prompts([args.concept])
-    grid = _grid(model, result, erased_set.prompts[:3], retained_set.prompts[:3])
+    # Three erased and three kept captions that differ in colour and texture too.
+    grid = _grid(model, result, [erased_set.prompts[i] for i in (0, 4, 8)],
+                 [retained_set.prompts[i] for i in (0, 17, 34)])
     seconds = time.perf_counter() - start
     summary = {
         "concept": args.concept,
