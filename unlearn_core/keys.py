@@ -13,7 +13,10 @@ from collections.abc import Iterable
 
 KOHYA_PREFIX = "lora_unet_"
 
-# SD-1.x attention blocks: LDM prefix -> diffusers prefix (16 blocks).
+# SD-1.x attention blocks: LDM prefix -> diffusers prefix (16 blocks). This table is the full SD-1
+# layout (4 levels, 2 res blocks per level); a UNet with another layout (e.g. a reduced test
+# model) numbers its blocks differently — derive its map from its config instead (in ComfyUI:
+# comfy.utils.unet_to_diffusers, as nodes/host.py does).
 SD1_ATTENTION_BLOCKS: dict[str, str] = {
     "input_blocks.1.1": "down_blocks.0.attentions.0",
     "input_blocks.2.1": "down_blocks.0.attentions.1",
