@@ -41,17 +41,7 @@ OUT_MODEL_TIP = "The erased model: a copy of the input MODEL with the erasure pa
 OUT_ERASURE_TIP = "The erasure (weight changes, config, loss history): save it as a LoRA or apply it."
 OUT_PLOT_TIP = "The training loss per step as a picture (connect a Preview Image)."
 
-# The Advanced node's widgets, in order. Workflows store widget values by position, so a new
-# config field goes at the END of this list (tests/test_nodes.py pins the order and checks that
-# every config field is here).
-ADVANCED_FIELDS = (
-    "concepts", "retain_prompts", "retain_weight", "method", "objective", "target_from",
-    "esd_eta", "loss", "js_temperature", "js_axis", "cw_mode", "cw_directions", "cw_bandwidth",
-    "selection", "parametrization", "lora_rank", "lora_alpha", "steps", "lr", "weight_decay",
-    "grad_clip", "ema_decay", "result", "guidance", "sampling_steps", "batch_size",
-    "trajectory_reuse", "timestep_weighting", "resolution", "uce_lambda", "uce_erase_scale",
-    "uce_preserve_scale", "uce_guide", "uce_token", "seed",
-)
+from .fields import ADVANCED_FIELDS  # noqa: E402  (the widget order; see nodes/fields.py)
 
 UCE_FIELDS = ("concepts", "uce_guide", "retain_prompts", "uce_lambda", "uce_erase_scale",
               "uce_preserve_scale", "uce_token")

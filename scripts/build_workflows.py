@@ -313,14 +313,17 @@ def advanced_defaults() -> dict:
     return values
 
 
-ADVANCED_ORDER = (
-    "concepts", "retain_prompts", "retain_weight", "method", "objective", "target_from",
-    "esd_eta", "loss", "js_temperature", "js_axis", "cw_mode", "cw_directions", "cw_bandwidth",
-    "selection", "parametrization", "lora_rank", "lora_alpha", "steps", "lr", "weight_decay",
-    "grad_clip", "ema_decay", "result", "guidance", "sampling_steps", "batch_size",
-    "trajectory_reuse", "timestep_weighting", "resolution", "uce_lambda", "uce_erase_scale",
-    "uce_preserve_scale", "uce_guide", "uce_token", "seed",
-)
+def _advanced_order() -> tuple[str, ...]:
+    """The Advanced node's widget order from nodes/fields.py, loaded by path (no ComfyUI needed)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("unlearn_node_fields", ROOT / "nodes" / "fields.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.ADVANCED_FIELDS
+
+
+ADVANCED_ORDER = _advanced_order()
 
 
 def advanced_widgets(values: dict) -> list:

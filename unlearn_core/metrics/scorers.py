@@ -35,6 +35,14 @@ class Scorer(Protocol):
         ...
 
 
+def _check_pairs(images: Tensor, prompts: Sequence[str]) -> None:
+    """Images in [0, 1] and exactly one prompt per image."""
+    check_images(images)
+    if len(prompts) != images.shape[0]:
+        raise ConfigError("prompt", len(prompts), f"{images.shape[0]} images need one prompt each",
+                          "give one prompt per image")
+
+
 @dataclass
 class ClipScorer:
     """CLIP score of each image against its own prompt, through ``template``."""
@@ -96,10 +104,7 @@ class ClassifierScorer:
 
     @torch.no_grad()
     def __call__(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
-        check_images(images)
-        if len(prompts) != images.shape[0]:
-            raise ConfigError("prompt", len(prompts), f"{images.shape[0]} images need one prompt each",
-                              "give one prompt per image")
+        _check_pairs(images, prompts)
         index = torch.tensor([self.class_of(p) for p in prompts], dtype=torch.long)
         return self.probs(images).gather(1, index[:, None])[:, 0]
 
@@ -123,10 +128,7 @@ class JointClassifierScorer:
 
     @torch.no_grad()
     def __call__(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
-        check_images(images)
-        if len(prompts) != images.shape[0]:
-            raise ConfigError("prompt", len(prompts), f"{images.shape[0]} images need one prompt each",
-                              "give one prompt per image")
+        _check_pairs(images, prompts)
         out = torch.ones(images.shape[0])
         named_any = torch.zeros(images.shape[0], dtype=torch.bool)
         for part in self.parts:
