@@ -48,12 +48,27 @@ def forward_flops(unet, latent: int) -> int:
     return int(fc.get_total_flops())
 
 
+def preset_config(preset: str) -> dict:
+    """config.PRESETS[name]; a "+ckpt" suffix adds gradient checkpointing."""
+    from unlearn_core.config import PRESETS
+
+    name, _, extra = preset.partition("+")
+    settings = dict(PRESETS[name])
+    if extra == "ckpt":
+        settings["gradient_checkpointing"] = True
+    elif extra:
+        raise SystemExit(f"unknown preset suffix +{extra} (only +ckpt)")
+    return settings
+
+
 def run_side(side: str, latent: int, steps: int, preset: str) -> dict:
+    import diffusers  # noqa: F401  (imported before the baseline: runtime, not model, memory)
     import torch
 
     from unlearn_core import Conditioning, DiffusersDenoiser, EraseConfig, erase
-    from unlearn_core.config import PRESETS
 
+    # The bare runtime (Python, torch, diffusers): every process pays it, model or not.
+    runtime_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     unet = sd14_unet()
     g = torch.Generator().manual_seed(1)
     emb_c, emb_e = torch.randn(1, 77, 768, generator=g), torch.randn(1, 77, 768, generator=g)
@@ -71,7 +86,7 @@ def run_side(side: str, latent: int, steps: int, preset: str) -> dict:
         return {"side": "uce", "latent": latent, "steps": 1, "seconds_total": times[0],
                 "layers": res.metadata["layers"], "condition_number": res.metadata["condition_number"],
                 "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-                "unet_fp32_bytes": unet_bytes}
+                "runtime_rss_bytes": runtime_rss, "unet_fp32_bytes": unet_bytes}
     if side == "reference":
         from reference_sdd import ReferenceSDD
 
@@ -86,7 +101,7 @@ def run_side(side: str, latent: int, steps: int, preset: str) -> dict:
         den = DiffusersDenoiser(unet)
         cond = Conditioning(concepts=[emb_c], empty=emb_e, trajectory=emb_c)
         cfg = EraseConfig(concepts=("x",), resolution=latent, steps=steps,
-                          **PRESETS[preset])
+                          **preset_config(preset))
         erase(den, cond, cfg.replace(steps=1))  # warm-up
         times = []
         start = [time.perf_counter()]
@@ -109,7 +124,8 @@ def run_side(side: str, latent: int, steps: int, preset: str) -> dict:
         "unet_evals_per_step": per_step_evals,
         "seconds_per_step_median": statistics.median(times),
         "seconds_per_step_all": times,
-        "peak_rss_bytes": peak, "rss_before_bytes": base_rss, "unet_fp32_bytes": unet_bytes,
+        "peak_rss_bytes": peak, "rss_before_bytes": base_rss, "runtime_rss_bytes": runtime_rss,
+        "unet_fp32_bytes": unet_bytes,
         "forward_flops": flops, "flops_per_step": step_flops,
         "floor_flops_per_step": flops * 4,
     }
@@ -120,7 +136,9 @@ def main() -> None:
     ap.add_argument("--latent", type=int, nargs="+", default=[16])
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--presets", nargs="+", default=["fast", "fast-lora"],
-                    help="our engine's presets to time (config.PRESETS)")
+                    help="our engine's presets to time (config.PRESETS; NAME+ckpt adds gradient "
+                         "checkpointing)")
+    ap.add_argument("--no-reference", action="store_true", help="time only our presets")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     ap.add_argument("--side", help=argparse.SUPPRESS)
@@ -134,7 +152,8 @@ def main() -> None:
         return
     rows = []
     for latent in args.latent:
-        for side, preset in [("reference", "-")] + [("ours", p) for p in args.presets]:
+        sides = [] if args.no_reference else [("reference", "-")]
+        for side, preset in sides + [("ours", p) for p in args.presets]:
             cmd = [sys.executable, __file__, "--side", side, "--latent", str(latent),
                    "--steps", str(args.steps), "--presets", preset,
                    "--threads", str(args.threads)]
@@ -145,15 +164,19 @@ def main() -> None:
             r["side"] = "reference (SDD structure)" if side == "reference" else f"ours ({preset})"
             print(f"  {r['side']} latent {latent}: {r['seconds_per_step_median']:.2f} s/step",
                   file=sys.stderr)
-    print("| latent | side | UNet evals/step | s/step (median) | peak RSS GB | RSS / UNet fp32 | "
-          "GFLOP/step | × floor |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"UNet fp32 bytes: {rows[0]['unet_fp32_bytes'] / 2**30:.2f} GiB; bare runtime "
+          f"(python, torch, diffusers, no model): {rows[0]['runtime_rss_bytes'] / 2**30:.2f} GiB\n")
+    print("| latent | side | UNet evals/step | s/step (median) | peak RSS GiB | peak / UNet fp32 | "
+          "(peak − runtime) / UNet fp32 | GFLOP/step | × floor |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        unet = r["unet_fp32_bytes"]
         print(f"| {r['latent']}×{r['latent']} | {r['side']} | {r['unet_evals_per_step']:.1f} | "
               f"{r['seconds_per_step_median']:.2f} | {r['peak_rss_bytes'] / 2**30:.2f} | "
-              f"{r['peak_rss_bytes'] / r['unet_fp32_bytes']:.2f} | "
+              f"{r['peak_rss_bytes'] / unet:.2f} | "
+              f"{(r['peak_rss_bytes'] - r['runtime_rss_bytes']) / unet:.2f} | "
               f"{r['flops_per_step'] / 1e9:.0f} | {r['flops_per_step'] / r['floor_flops_per_step']:.1f} |")
-    for latent in args.latent:
+    for latent in [] if args.no_reference else args.latent:
         ref = next(r for r in rows if r["latent"] == latent and r["side"].startswith("reference"))
         for ours in (r for r in rows if r["latent"] == latent and r["side"].startswith("ours")):
             print(f"\nlatent {latent}: {ours['side']} / reference — UNet evals per step "

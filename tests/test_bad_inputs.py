@@ -25,6 +25,7 @@ from unlearn_core.cli import main
     (dict(lr=float("nan")), "lr", "finite"),
     (dict(retain_weight=1.0), "retain_weight", "add retain_prompts"),
     (dict(loss="cramer_wold", batch_size=1), "batch_size", "set batch_size to 2 or more"),
+    (dict(gradient_checkpointing="yes"), "gradient_checkpointing", "true/false"),
 ])
 def test_config_rejects_with_field_and_fix(kwargs, field, text):
     args = {"concepts": ("van gogh",)} | kwargs
@@ -40,6 +41,16 @@ def test_aliases_and_json_round_trip():
     assert EraseConfig.from_dict(json.loads(cfg.to_json())) == cfg
     with pytest.raises(ConfigError, match="unknown config fields"):
         EraseConfig.from_dict({"concepts": ["a"], "learning_rate": 1})
+
+
+def test_defaults_are_the_fast_loop_and_the_paper_preset_is_sdds():
+    from unlearn_core.config import PRESETS
+
+    cfg = EraseConfig(concepts=("a",))
+    assert all(getattr(cfg, k) == v for k, v in PRESETS["fast"].items())
+    paper = cfg.replace(**PRESETS["sdd-paper"])
+    assert (paper.sampling_steps, paper.batch_size, paper.trajectory_reuse,
+            paper.timestep_weighting) == (50, 1, 1, "none")
 
 
 def test_lora_rank_larger_than_a_layer_allows():

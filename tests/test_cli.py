@@ -39,3 +39,22 @@ def test_erase_writes_a_file_with_summary(tmp_path, capsys, extra, suffix):
     from safetensors.torch import load_file
 
     assert all(k.split(".", 1)[1] in (suffix, "lora_up.weight", "alpha") for k in load_file(out))
+
+
+def test_preset_is_under_the_flags_and_booleans_take_no_value():
+    from unlearn_core.cli import config_from_args
+
+    parser = build_parser()
+    args = parser.parse_args(["erase", "--model", "m", "--output", "o.safetensors", "--concept",
+                              "a cat", "--preset", "sdd-paper", "--sampling-steps", "20",
+                              "--gradient-checkpointing"])
+    cfg = config_from_args(args)
+    # the preset's settings, except where a flag says otherwise
+    assert (cfg.batch_size, cfg.trajectory_reuse, cfg.timestep_weighting) == (1, 1, "none")
+    assert cfg.sampling_steps == 20 and cfg.gradient_checkpointing is True
+    plain = config_from_args(parser.parse_args(["erase", "--model", "m", "--output", "o",
+                                                "--concept", "a", "--no-gradient-checkpointing"]))
+    assert plain.gradient_checkpointing is False and plain.sampling_steps == 10
+    with pytest.raises(SystemExit):
+        parser.parse_args(["erase", "--model", "m", "--output", "o", "--concept", "a",
+                           "--preset", "turbo"])

@@ -110,6 +110,7 @@ def test_advanced_widget_order_is_pinned(comfy_host):
         "weight_decay", "grad_clip", "ema_decay", "result", "guidance", "sampling_steps",
         "batch_size", "trajectory_reuse", "timestep_weighting", "resolution", "uce_lambda",
         "uce_erase_scale", "uce_preserve_scale", "uce_guide", "uce_token", "seed",
+        "gradient_checkpointing",
     )
     assert erase.ADVANCED_FIELDS[: len(pinned)] == pinned
     names = [n for n, _ in ch.widget_names(comfy_host.node_classes["UnlearnEraseConceptAdvanced"])]
@@ -550,6 +551,37 @@ def test_bf16_weights_train_with_float32_deltas(comfy_host, small_sd15_ckpt):
     assert any(d.diff.abs().max() > 0 for d in erasure.deltas.values())
     assert len(erasure.loss_history) == 2
     del erased
+
+
+def test_gradient_checkpointing_on_comfyuis_unet_gives_the_same_erasure(comfy_host,
+                                                                        small_sd15_ckpt):
+    """ComfyUI's own blocks (BasicTransformerBlock, ResBlock) are checkpointed, give the same
+    erasure, and get their forward methods back."""
+    import comfy.sd
+    import folder_paths
+    import torch
+
+    ckpt = nh.pack_module("unlearn_core.checkpointing")
+    path = folder_paths.get_full_path("checkpoints", small_sd15_ckpt)
+    with torch.inference_mode():
+        model, clip, _, _ = comfy.sd.load_checkpoint_guess_config(path)
+    unet = model.model.diffusion_model
+    kinds = {type(b).__name__ for b in ckpt.checkpoint_blocks(unet)}
+    assert kinds == {"BasicTransformerBlock", "ResBlock"}
+    node = comfy_host.node_classes["UnlearnEraseConceptAdvanced"]()
+    values = nh.widget_defaults(comfy_host.node_classes, "UnlearnEraseConceptAdvanced")
+    values.update(nh.TINY_TRAINING, steps=2, concepts="a dog")
+    results = []
+    for flag in (False, True):
+        with torch.inference_mode():
+            _, erasure, _ = node.erase(model=model, clip=clip,
+                                       **(values | {"gradient_checkpointing": flag}))
+        results.append(erasure)
+    assert not any("forward" in m.__dict__ for m in unet.modules())
+    plain, checkpointed = results
+    assert any(d.diff.abs().max() > 0 for d in plain.deltas.values())
+    for name, d in plain.deltas.items():
+        assert torch.allclose(d.diff, checkpointed.deltas[name].diff, atol=1e-6), name
 
 
 def test_erasure_result_is_the_cores_type(comfy_host, small_sd15_ckpt):

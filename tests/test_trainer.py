@@ -59,7 +59,8 @@ def test_several_concepts_taken_in_turn_and_retain_term():
                       steps=3, **FAST)
     res = erase(tiny_denoiser(), cond, cfg)
     assert len(res.loss_history) == 3
-    assert res.metadata["unet_evals_grad"] == 3 * (1 + 1)  # student + retain student per step
+    # student + retain student per step, for each of the 2 states (the default batch)
+    assert res.metadata["unet_evals_grad"] == 3 * 2 * (1 + 1)
 
 
 def test_cancel_from_callback_and_nonfinite_loss():
@@ -114,3 +115,43 @@ def test_trajectory_reuse_saves_sampling():
     # one trajectory to the last step (3 guided steps = 6) + targets (2 per step)
     assert reused["unet_evals_nograd"] == 6 + 4 * 2
     assert fresh >= reused["unet_evals_nograd"] - 6
+
+
+@pytest.mark.parametrize("guidance", [3.0, 1.0, 0.0])
+def test_kept_uncond_is_the_prediction_at_the_state_and_timestep(guidance):
+    d = tiny_denoiser()
+    cond = tiny_conditioning()
+    s = TrajectorySampler(d, (4, 8, 8), cond.trajectory, cond.empty, guidance, 5,
+                          torch.Generator().manual_seed(0), torch.device("cpu"), reuse=2,
+                          keep_uncond=True)
+    states = s.draw(3)
+    # every state of a trajectory with a kept target, including the last, got its prediction
+    assert sorted(s._uncond) == list(range(5))
+    assert s.unet_evals == 5 * (1 if guidance == 0.0 else 2)
+    assert set(states.t.tolist()) <= set(ddim_timesteps(5).tolist())
+    with torch.no_grad():
+        direct = d(states.x, states.t, cond.empty.expand(3, -1, -1))
+    assert torch.allclose(states.uncond, direct, atol=1e-5)
+    s.draw(3)  # the second draw reuses the trajectory: no new UNet pass
+    assert s.unet_evals == 5 * (1 if guidance == 0.0 else 2)
+
+
+def test_trajectory_target_costs_no_target_pass():
+    cond = tiny_conditioning()
+    cfg = EraseConfig(concepts=("c",), steps=4, batch_size=2, trajectory_reuse=4,
+                      target_from="trajectory", ema_decay=0.5, **FAST)
+    kept = erase(tiny_denoiser(), cond, cfg)
+    # one guided trajectory through all 4 steps, no target passes; the student's 2 per step
+    assert kept.metadata["unet_evals_nograd"] == 4 * 2
+    assert kept.metadata["unet_evals_grad"] == 4 * 2
+    assert all(torch.isfinite(torch.tensor(kept.loss_history))) and kept.loss_history[0] > 0
+    assert any(d.weight().abs().sum() > 0 for d in kept.deltas.values())
+
+
+def test_trajectory_target_is_ignored_by_esd():
+    cond = tiny_conditioning()
+    cfg = EraseConfig(concepts=("c",), steps=2, batch_size=2, objective="esd",
+                      target_from="trajectory", **FAST)
+    res = erase(tiny_denoiser(), cond, cfg)
+    assert res.metadata["unet_evals_grad"] == 2 * 2
+    assert res.metadata["unet_evals_nograd"] > 2 * 2 * 2  # ESD's two base passes per state

@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from .config import EraseConfig, config_fields
+from .config import PRESETS, EraseConfig, config_fields
 from .errors import UnlearnError
 
 # name -> (module, one-line help). Modules are imported only when their subcommand runs.
@@ -40,7 +40,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, skip: Sequence[str] = 
             parser.add_argument(single, dest=name, action="append", default=None,
                                 help=help_text + " Repeat the flag for several.")
         elif isinstance(f.default, bool):
-            parser.add_argument(flag, dest=name, type=lambda s: s.lower() in ("1", "true", "yes"),
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
                                 default=None, help=help_text)
         else:
             parser.add_argument(flag, dest=name, type=type(f.default), default=None,
@@ -48,7 +48,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, skip: Sequence[str] = 
 
 
 def config_from_args(args: argparse.Namespace, **overrides) -> EraseConfig:
-    values = {}
+    """The flags given, over ``--preset``'s settings (where the parser has one), over defaults."""
+    preset = getattr(args, "preset", None)
+    values = dict(PRESETS[preset]) if preset else {}
     for name in config_fields():
         v = getattr(args, name, None)
         if v is not None:
@@ -66,6 +68,10 @@ def _erase_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--svd-rank", type=int, default=0,
                    help="with --parametrization full: compress the delta into a LoRA of this rank")
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto")
+    p.add_argument("--preset", choices=list(PRESETS), default=None,
+                   help="named settings under the flags you give: sdd-paper = the official SDD "
+                        "loop (50-step trajectories, batch 1, slow); fast = the defaults; "
+                        "fast-lora = the defaults with a rank-8 LoRA (less memory)")
     add_config_arguments(p)
 
 

@@ -8,6 +8,11 @@ unconditional passes in one batch. The timesteps follow LDM's uniform discretisa
 Training states (SDD, Kim et al. 2023): from z_T ~ N(0, I) run the first n ~ U{0..N-1} DDIM steps
 with the EMA teacher, then label the state with a DDPM timestep drawn inside the band of the step
 reached. n = 0 means z_T itself (the official code runs the whole trajectory then; we do not).
+
+With ``keep_uncond`` the sampler also keeps the teacher's empty-prompt prediction at every state,
+which the guided pass computes anyway: that is the SDD target for a teacher target at no extra
+UNet pass (``target_from="trajectory"``). Such states carry the sampler's own timestep t_k (the one
+the kept prediction was made at) instead of a random timestep in the band.
 """
 
 from __future__ import annotations
@@ -32,15 +37,23 @@ def ddim_timesteps(num_steps: int, num_train: int = 1000) -> Tensor:
 
 
 def guided_eps(
-    denoiser: Denoiser, x: Tensor, t: Tensor, cond: Tensor, uncond: Tensor, guidance: float
+    denoiser: Denoiser, x: Tensor, t: Tensor, cond: Tensor, uncond: Tensor, guidance: float,
+    on_uncond: Callable[[Tensor], None] | None = None,
 ) -> Tensor:
-    """eps_u + w (eps_c - eps_u); both passes in one batch. x (B,C,H,W), cond/uncond (B,L,D)."""
-    if guidance == 1.0:
-        return denoiser(x, t, cond)
-    if guidance == 0.0:
-        return denoiser(x, t, uncond)
+    """eps_u + w (eps_c - eps_u); both passes in one batch. x (B,C,H,W), cond/uncond (B,L,D).
+
+    ``on_uncond(eps_u)`` sees the empty-prompt prediction; when it is given, that pass is run even
+    at guidance 1, where the guided prediction does not need it.
+    """
+    if guidance == 0.0 or (guidance == 1.0 and on_uncond is None):
+        eps = denoiser(x, t, uncond if guidance == 0.0 else cond)
+        if on_uncond is not None:
+            on_uncond(eps)
+        return eps
     eps = denoiser(torch.cat([x, x]), torch.cat([t, t]), torch.cat([uncond, cond]))
     eps_u, eps_c = eps.chunk(2)
+    if on_uncond is not None:
+        on_uncond(eps_u)
     return eps_u + guidance * (eps_c - eps_u)
 
 
@@ -63,11 +76,13 @@ def ddim_sample(
     start: int = 0,
     stop: int | None = None,
     on_state: Callable[[int, Tensor], None] | None = None,
+    on_uncond: Callable[[int, Tensor], None] | None = None,
 ) -> Tensor:
     """Run DDIM steps ``start..stop-1`` (of ``num_steps``) from x_T; returns the last state.
 
     ``on_state(k, x)`` sees the state *before* step k (k = start .. stop-1) and, with k = stop,
-    the result. With start=0 and stop=None this is a full sampling run ending at x_0.
+    the result. ``on_uncond(k, eps_u)`` sees the empty-prompt prediction made at that state.
+    With start=0 and stop=None this is a full sampling run ending at x_0.
     """
     stop = num_steps if stop is None else stop
     ts = ddim_timesteps(num_steps, len(denoiser.alphas_cumprod))
@@ -79,7 +94,8 @@ def ddim_sample(
             on_state(k, x)
         t = ts[k]
         ab_prev = ab[ts[k + 1]] if k + 1 < num_steps else ab[0]
-        eps = guided_eps(denoiser, x, t.expand(batch).to(x.device), cond, uncond, guidance)
+        keep = None if on_uncond is None else (lambda e, k=k: on_uncond(k, e))
+        eps = guided_eps(denoiser, x, t.expand(batch).to(x.device), cond, uncond, guidance, keep)
         x = ddim_step(x, eps.to(x.dtype), ab[t].to(x.device), ab_prev.to(x.device))
     if on_state is not None:
         on_state(stop, x)
@@ -96,10 +112,12 @@ def band_timestep(k: int, num_steps: int, num_train: int, generator: torch.Gener
 
 @dataclass
 class TrainingStates:
-    """States z_t drawn from one trajectory. x (B,C,H,W), t (B,) int64."""
+    """States z_t drawn from one trajectory. x (B,C,H,W), t (B,) int64; with ``keep_uncond``,
+    ``uncond`` (B,C,H,W) is the sampling weights' empty-prompt prediction at (x, t)."""
 
     x: Tensor
     t: Tensor
+    uncond: Tensor | None = None
 
 
 class TrajectorySampler:
@@ -107,24 +125,30 @@ class TrajectorySampler:
 
     def __init__(self, denoiser: Denoiser, shape: tuple[int, int, int], cond: Tensor,
                  uncond: Tensor, guidance: float, num_steps: int, generator: torch.Generator,
-                 device: torch.device, dtype: torch.dtype = torch.float32, reuse: int = 1) -> None:
+                 device: torch.device, dtype: torch.dtype = torch.float32, reuse: int = 1,
+                 keep_uncond: bool = False) -> None:
         self.denoiser = denoiser
         self.shape = shape
         self.cond, self.uncond = cond, uncond
         self.guidance, self.num_steps, self.reuse = guidance, num_steps, reuse
         self.generator, self.device, self.dtype = generator, device, dtype
+        self.keep_uncond = keep_uncond
         self.num_train = len(denoiser.alphas_cumprod)
         self.unet_evals = 0  # no-grad UNet evaluations spent on sampling (a CFG pass counts 2)
         self._states: dict[int, Tensor] = {}
+        self._uncond: dict[int, Tensor] = {}
         self._draws = 0
 
     def _sample(self, stop: int) -> None:
         x_T = torch.randn((1, *self.shape), generator=self.generator).to(self.device, self.dtype)
         states: dict[int, Tensor] = {}
+        uncond: dict[int, Tensor] = {}
+        keep = (lambda k, e: uncond.__setitem__(k, e)) if self.keep_uncond else None
         ddim_sample(self.denoiser, x_T, self.cond, self.uncond, self.guidance, self.num_steps,
-                    0, stop, lambda k, x: states.__setitem__(k, x))
-        self.unet_evals += stop * (1 if self.guidance in (0.0, 1.0) else 2)
-        self._states = states
+                    0, stop, lambda k, x: states.__setitem__(k, x), keep)
+        single = self.guidance == 0.0 or (self.guidance == 1.0 and not self.keep_uncond)
+        self.unet_evals += stop * (1 if single else 2)
+        self._states, self._uncond = states, uncond
 
     def draw(self, batch: int) -> TrainingStates:
         """``batch`` states at distinct random DDIM steps (with replacement if batch > N).
@@ -137,10 +161,16 @@ class TrajectorySampler:
         else:
             idx = torch.randint(0, self.num_steps, (batch,), generator=g).tolist()
         if self._draws % self.reuse == 0:
-            # A trajectory that serves later draws too is run to its last step; a single-use one
-            # only as far as this draw needs (on average half the steps).
-            self._sample(self.num_steps - 1 if self.reuse > 1 else max(idx))
+            # A trajectory that serves later draws too is run as far as any draw can need; a
+            # single-use one only as far as this draw needs (on average half the steps). Kept
+            # predictions are made *at* a state, so they need one step more than the state.
+            last = self.num_steps - 1 if self.reuse > 1 else max(idx)
+            self._sample(last + 1 if self.keep_uncond else last)
         self._draws += 1
         xs = torch.cat([self._states[k] for k in idx])
+        if self.keep_uncond:
+            ts = ddim_timesteps(self.num_steps, self.num_train)[idx]
+            eps_u = torch.cat([self._uncond[k] for k in idx])
+            return TrainingStates(x=xs, t=ts.to(self.device), uncond=eps_u)
         ts = torch.tensor([band_timestep(k, self.num_steps, self.num_train, g) for k in idx])
         return TrainingStates(x=xs, t=ts.to(self.device))
