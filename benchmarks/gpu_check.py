@@ -1,6 +1,6 @@
 """GPU check: an SD-1.4-shaped erasure at 512 px (64×64 latent) in bf16 on CUDA, random weights.
 
-Prints seconds per step (median), peak allocated GPU memory, and the projection to a full erasure
+Prints seconds per step (mean), peak allocated GPU memory, and the projection to a full erasure
 (the preset's step count), for our engine without and with gradient checkpointing and — unless
 --no-reference — a few steps of the
 official loop's structure (benchmarks/reference_sdd.py, fp32, two UNets) for comparison.
@@ -70,7 +70,7 @@ def main() -> int:
         last[0] = time.perf_counter()
         res = erase(den, cond, cfg, callback=cb)
         peak = torch.cuda.max_memory_allocated() / 2**30
-        step_s = statistics.median(times)
+        step_s = statistics.fmean(times)
         med = step_s if med is None else med
         evals = (res.metadata["unet_evals_nograd"] + res.metadata["unet_evals_grad"]) / args.steps
         print(f"ours ({variant}, bf16 weights, fp32 deltas): {step_s:.3f} s/step, peak allocated "
@@ -85,15 +85,15 @@ def main() -> int:
         ref = ReferenceSDD(unet, DiffusersDenoiser(unet).alphas_cumprod.to(dev), emb_c.to(dev),
                            emb_e.to(dev), 64)
         torch.cuda.reset_peak_memory_stats()
-        _ = ref.run(1)
+        ref.step(1)  # warm-up
         ref_times = []
-        for _ in range(3):
+        for n in (6, 18, 31, 43):  # trajectory lengths spread evenly: mean 24.5, as U{0..49}
             torch.cuda.synchronize()
             t0 = time.perf_counter()
-            ref.step()
+            ref.step(n)
             torch.cuda.synchronize()
             ref_times.append(time.perf_counter() - t0)
-        rmed = statistics.median(ref_times)
+        rmed = statistics.fmean(ref_times)
         print(f"reference (SDD structure, fp32, two UNets): {rmed:.3f} s/step, peak allocated "
               f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB, projected 1500 steps: "
               f"{rmed * 1500 / 60:.1f} min")

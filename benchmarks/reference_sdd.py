@@ -60,8 +60,11 @@ class ReferenceSDD:
             x = ddim_step(x, eps, self.ab[ts[k]], ab_prev)
         return x
 
-    def step(self) -> float:
-        n = int(torch.randint(0, self.steps, (1,), generator=self.g))
+    def step(self, n: int | None = None) -> float:
+        """One training step; ``n`` = the trajectory length (random, as the official code, when
+        None)."""
+        if n is None:
+            n = int(torch.randint(0, self.steps, (1,), generator=self.g))
         x = self._sample(n)
         t = torch.tensor([band_timestep(n, self.steps, 1000, self.g)]).to(x.device)
         with torch.no_grad():
@@ -78,10 +81,15 @@ class ReferenceSDD:
         self.unet_evals += 2
         return float(loss)
 
-    def run(self, steps: int) -> list[float]:
+    def run(self, steps: int, stratified: bool = False) -> list[float]:
+        """Time ``steps`` steps. ``stratified``: trajectory lengths evenly spread over 0..N-1
+        (mean (N-1)/2, the expectation of the official U{0..N-1}) instead of random draws, so a
+        few timed steps cost what the average step of a long run costs."""
+        lengths = [int((k + 0.5) * self.steps / steps) for k in range(steps)] if stratified \
+            else [None] * steps
         times = []
-        for _ in range(steps):
+        for n in lengths:
             t0 = time.perf_counter()
-            self.step()
+            self.step(n)
             times.append(time.perf_counter() - t0)
         return times

@@ -4,8 +4,11 @@ reduced latent size that fits the CPU.
 
 Each side runs in its own subprocess so its peak resident memory is its own. Printed per side:
 UNet evaluations per training step (counted per latent; a guided pass counts 2), seconds per step
-(median), peak RSS, and FLOPs per step against the floor (one forward/backward plus one target
-forward per step), then the ratios ours / reference.
+(mean over the timed steps: our steps that sample a trajectory cost more than those that reuse
+it, and the reference's trajectory lengths are spread evenly over 0..49 so that a few steps cost
+what the average of a long run does), peak RSS, and FLOPs per step against the floor (one
+forward/backward plus one target forward per step), then the ratios ours / reference. Use a
+step count that is a multiple of the trajectory reuse (4).
 
     python benchmarks/speed.py --latent 16 --steps 4
 """
@@ -91,9 +94,9 @@ def run_side(side: str, latent: int, steps: int, preset: str) -> dict:
         from reference_sdd import ReferenceSDD
 
         ref = ReferenceSDD(unet, DiffusersDenoiser(unet).alphas_cumprod, emb_c, emb_e, latent)
-        ref.run(1)  # warm-up
+        ref.step(1)  # warm-up
         ref.unet_evals = 0
-        times = ref.run(steps)
+        times = ref.run(steps, stratified=True)
         nograd = ref.unet_evals - 2 * steps
         per_step_evals = ref.unet_evals / steps
         grad_per_step = 1
@@ -122,6 +125,7 @@ def run_side(side: str, latent: int, steps: int, preset: str) -> dict:
     return {
         "side": side, "latent": latent, "steps": steps,
         "unet_evals_per_step": per_step_evals,
+        "seconds_per_step_mean": statistics.fmean(times),
         "seconds_per_step_median": statistics.median(times),
         "seconds_per_step_all": times,
         "peak_rss_bytes": peak, "rss_before_bytes": base_rss, "runtime_rss_bytes": runtime_rss,
@@ -162,17 +166,17 @@ def main() -> None:
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             r = rows[-1]
             r["side"] = "reference (SDD structure)" if side == "reference" else f"ours ({preset})"
-            print(f"  {r['side']} latent {latent}: {r['seconds_per_step_median']:.2f} s/step",
+            print(f"  {r['side']} latent {latent}: {r['seconds_per_step_mean']:.2f} s/step",
                   file=sys.stderr)
     print(f"UNet fp32 bytes: {rows[0]['unet_fp32_bytes'] / 2**30:.2f} GiB; bare runtime "
           f"(python, torch, diffusers, no model): {rows[0]['runtime_rss_bytes'] / 2**30:.2f} GiB\n")
-    print("| latent | side | UNet evals/step | s/step (median) | peak RSS GiB | peak / UNet fp32 | "
+    print("| latent | side | UNet evals/step | s/step (mean) | peak RSS GiB | peak / UNet fp32 | "
           "(peak − runtime) / UNet fp32 | GFLOP/step | × floor |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         unet = r["unet_fp32_bytes"]
         print(f"| {r['latent']}×{r['latent']} | {r['side']} | {r['unet_evals_per_step']:.1f} | "
-              f"{r['seconds_per_step_median']:.2f} | {r['peak_rss_bytes'] / 2**30:.2f} | "
+              f"{r['seconds_per_step_mean']:.2f} | {r['peak_rss_bytes'] / 2**30:.2f} | "
               f"{r['peak_rss_bytes'] / unet:.2f} | "
               f"{(r['peak_rss_bytes'] - r['runtime_rss_bytes']) / unet:.2f} | "
               f"{r['flops_per_step'] / 1e9:.0f} | {r['flops_per_step'] / r['floor_flops_per_step']:.1f} |")
@@ -181,7 +185,7 @@ def main() -> None:
         for ours in (r for r in rows if r["latent"] == latent and r["side"].startswith("ours")):
             print(f"\nlatent {latent}: {ours['side']} / reference — UNet evals per step "
                   f"{ours['unet_evals_per_step'] / ref['unet_evals_per_step']:.3f}, seconds per "
-                  f"step {ours['seconds_per_step_median'] / ref['seconds_per_step_median']:.3f}, "
+                  f"step {ours['seconds_per_step_mean'] / ref['seconds_per_step_mean']:.3f}, "
                   f"peak RSS {ours['peak_rss_bytes'] / ref['peak_rss_bytes']:.3f}")
     out = subprocess.run([sys.executable, __file__, "--side", "uce", "--threads", str(args.threads)],
                          check=True, capture_output=True, text=True,
