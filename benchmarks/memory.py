@@ -23,7 +23,21 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
-def measure(preset: str, latent: int, dtype_name: str) -> dict:
+def parse_overrides(items: list[str]) -> dict:
+    """``key=value`` pairs (EraseConfig fields) with values read as JSON where they parse."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item!r}: give FIELD=VALUE, e.g. selection=noxattn")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def measure(preset: str, latent: int, dtype_name: str, overrides: dict | None = None) -> dict:
     """One training step of ``preset`` (speed.preset_config; "+ckpt" = checkpointing); returns
     the bytes autograd kept and the trained state's bytes."""
     import torch
@@ -38,7 +52,7 @@ def measure(preset: str, latent: int, dtype_name: str) -> dict:
     emb_c, emb_e = torch.randn(1, 77, 768, generator=g), torch.randn(1, 77, 768, generator=g)
     den = DiffusersDenoiser(unet)
     cond = Conditioning(concepts=[emb_c], empty=emb_e, trajectory=emb_c)
-    settings = preset_config(preset)
+    settings = preset_config(preset) | (overrides or {})
     # One step from a one-step trajectory: the sampling passes keep nothing (no grad), so the
     # count below is the student pass alone, at the preset's batch size.
     cfg = EraseConfig(concepts=("x",), resolution=latent,
@@ -76,6 +90,8 @@ def main() -> None:
     ap.add_argument("--dtype", choices=list(DTYPES), default="bf16")
     ap.add_argument("--presets", nargs="+", default=["fast", "fast+ckpt", "fast-lora",
                                                      "fast-lora+ckpt"])
+    ap.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                    help="config overrides for every preset, e.g. selection=noxattn")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--json", type=Path)
     ap.add_argument("--one", help=argparse.SUPPRESS)
@@ -85,19 +101,21 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
     if args.one:
-        print(json.dumps(measure(args.one, args.latent, args.dtype)))
+        print(json.dumps(measure(args.one, args.latent, args.dtype, parse_overrides(args.set))))
         return
     rows = []
     for preset in args.presets:
         out = subprocess.run([sys.executable, __file__, "--one", preset, "--latent",
                               str(args.latent), "--dtype", args.dtype, "--threads",
-                              str(args.threads)], check=True, capture_output=True, text=True)
+                              str(args.threads), "--set", *args.set],
+                             check=True, capture_output=True, text=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(f"  {preset}: {rows[-1]['kept_activation_bytes'] / 2**30:.2f} GiB kept",
               file=sys.stderr, flush=True)
     gib = 2**30
+    extra = f"; overrides {parse_overrides(args.set)}" if args.set else ""
     print(f"SD-1.4-shaped UNet, latent {args.latent}×{args.latent} ({args.latent * 8} px), "
-          f"weights in {args.dtype}: {rows[0]['unet_bytes'] / gib:.2f} GiB\n")
+          f"weights in {args.dtype}: {rows[0]['unet_bytes'] / gib:.2f} GiB{extra}\n")
     print("| preset | batch | activations kept for backward | trained state (fp32: delta, grad, "
           "2 AdamW moments, EMA) | projected peak (weights + state + activations) |")
     print("|---|---|---|---|---|")
