@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,45 +37,25 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("gpu_check: no CUDA device; run this on a machine with an NVIDIA GPU", file=sys.stderr)
         return 2
-    from speed import preset_config, sd14_unet
+    from speed import preset_config, random_embeddings, sd14_unet
 
-    from unlearn_core import Conditioning, DiffusersDenoiser, EraseConfig, erase
+    from unlearn_core import DiffusersDenoiser
 
     dev = torch.device("cuda")
     print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}")
-    g = torch.Generator().manual_seed(1)
-    emb_c, emb_e = torch.randn(1, 77, 768, generator=g), torch.randn(1, 77, 768, generator=g)
+    emb_c, emb_e = random_embeddings()
     full_steps = args.full_steps or preset_config(args.preset).get("steps", 1500)
-
-    unet = sd14_unet().to(dev, torch.bfloat16)
-    den = DiffusersDenoiser(unet)
-    cond = Conditioning(concepts=[emb_c], empty=emb_e, trajectory=emb_c)
-    med = None
-    for variant in (args.preset, args.preset + "+ckpt"):
-        cfg = EraseConfig(concepts=("x",), resolution=64,
-                          **(preset_config(variant) | {"steps": args.steps}))
-        erase(den, cond, cfg.replace(steps=2))  # warm-up (kernels, allocator)
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-        times, last = [], [time.perf_counter()]
-
-        def cb(info, times=times, last=last):
-            torch.cuda.synchronize()
-            now = time.perf_counter()
-            times.append(now - last[0])
-            last[0] = now
-
-        last[0] = time.perf_counter()
-        res = erase(den, cond, cfg, callback=cb)
-        peak = torch.cuda.max_memory_allocated() / 2**30
+    den = DiffusersDenoiser(sd14_unet().to(dev, torch.bfloat16))
+    ours_step_s = None
+    for variant, res, times, peak in run_ours(den, emb_c, emb_e, args.preset, 64, args.steps,
+                                              cuda=True):
         step_s = statistics.fmean(times)
-        med = step_s if med is None else med
+        ours_step_s = step_s if ours_step_s is None else ours_step_s
         evals = (res.metadata["unet_evals_nograd"] + res.metadata["unet_evals_grad"]) / args.steps
         print(f"ours ({variant}, bf16 weights, fp32 deltas): {step_s:.3f} s/step, peak allocated "
               f"{peak:.2f} GiB, UNet evals/step {evals:.1f}, projected full erasure "
               f"({full_steps} steps): {step_s * full_steps / 60:.1f} min", flush=True)
-    del unet, den, res
+    del den, res
     torch.cuda.empty_cache()
     if not args.no_reference:
         from reference_sdd import ReferenceSDD
@@ -86,36 +65,47 @@ def main() -> int:
                            emb_e.to(dev), 64)
         torch.cuda.reset_peak_memory_stats()
         ref.step(1)  # warm-up
-        ref_times = []
-        for n in (6, 18, 31, 43):  # trajectory lengths spread evenly: mean 24.5, as U{0..49}
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            ref.step(n)
-            torch.cuda.synchronize()
-            ref_times.append(time.perf_counter() - t0)
-        rmed = statistics.fmean(ref_times)
-        print(f"reference (SDD structure, fp32, two UNets): {rmed:.3f} s/step, peak allocated "
-              f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB, projected 1500 steps: "
-              f"{rmed * 1500 / 60:.1f} min")
-        print(f"ratio ours/reference seconds per step: {med / rmed:.3f}")
+        # four steps with trajectory lengths 6, 18, 31, 43: mean 24.5, as the official U{0..49}
+        ref_step_s = statistics.fmean(ref.run(4, stratified=True, sync=torch.cuda.synchronize))
+        print(f"reference (SDD structure, fp32, two UNets): {ref_step_s:.3f} s/step, peak "
+              f"allocated {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB, projected 1500 "
+              f"steps: {ref_step_s * 1500 / 60:.1f} min")
+        print(f"ratio ours/reference seconds per step: {ours_step_s / ref_step_s:.3f}")
     return 0
+
+
+def run_ours(den, emb_c, emb_e, preset: str, resolution: int, steps: int, cuda: bool):
+    """Our erasure with ``preset`` and with ``preset+ckpt``, each after a 2-step warm-up;
+    yields (variant, result, seconds per step, peak allocated GiB or None on the CPU)."""
+    import torch
+    from speed import preset_config, timed_erase, training_conditioning
+
+    from unlearn_core import EraseConfig, erase
+
+    cond = training_conditioning(emb_c, emb_e)
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    for variant in (preset, preset + "+ckpt"):
+        cfg = EraseConfig(concepts=("x",), resolution=resolution,
+                          **(preset_config(variant) | {"steps": steps}))
+        erase(den, cond, cfg.replace(steps=2))  # warm-up (kernels, allocator)
+        if cuda:
+            sync()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        res, times = timed_erase(den, cond, cfg, sync)
+        yield variant, res, times, torch.cuda.max_memory_allocated() / 2**30 if cuda else None
 
 
 def dry_run(args: argparse.Namespace) -> int:
     """The same erasure calls on the CPU at an 8x8 latent, so a broken script is found before a
     GPU is lent; prints no speed figures."""
-    import torch
-    from speed import preset_config, sd14_unet
+    from speed import random_embeddings, sd14_unet
 
-    from unlearn_core import Conditioning, DiffusersDenoiser, EraseConfig, erase
+    from unlearn_core import DiffusersDenoiser
 
-    g = torch.Generator().manual_seed(1)
-    emb_c, emb_e = torch.randn(1, 77, 768, generator=g), torch.randn(1, 77, 768, generator=g)
+    emb_c, emb_e = random_embeddings()
     den = DiffusersDenoiser(sd14_unet())
-    cond = Conditioning(concepts=[emb_c], empty=emb_e, trajectory=emb_c)
-    for variant in (args.preset, args.preset + "+ckpt"):
-        cfg = EraseConfig(concepts=("x",), resolution=8, **(preset_config(variant) | {"steps": 2}))
-        res = erase(den, cond, cfg)
+    for variant, res, _, _ in run_ours(den, emb_c, emb_e, args.preset, 8, 2, cuda=False):
         print(f"dry run {variant}: {len(res.deltas)} layers, losses {res.loss_history}")
     return 0
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,26 +53,20 @@ def main() -> None:
             raise SystemExit(f"{spec!r}: give LEVER:SEED with a lever from --list")
         runs.append((name, int(seed)))
     import torch
+    from quality import base_evaluation, erase_and_evaluate
 
     from unlearn_core.toyworld import load_judges, load_toy_model
-    from unlearn_core.toyworld.erasure import erase_toy, toy_config
-    from unlearn_core.toyworld.evaluate import evaluate, retention_ratio
 
     torch.set_num_threads(args.threads)
     model, judges = load_toy_model(), load_judges()
-    base = evaluate(model, judges, [args.concept], repeats=2, with_clip=False)
+    base = base_evaluation(model, judges, args.concept)
     for name, seed in runs:
-        cfg = toy_config([args.concept], seed=seed, **LEVERS[name])
-        t0 = time.perf_counter()
-        res = erase_toy(model, cfg)
-        sec = time.perf_counter() - t0
-        ev = evaluate(model, judges, [args.concept], res, repeats=2, with_clip=False)
+        row = erase_and_evaluate(model, judges, base, args.concept, LEVERS[name], seed)
         print(json.dumps({
-            "lever": name, "seed": seed, "concept": args.concept, "seconds": round(sec, 1),
-            "unet_evals": res.metadata["unet_evals_nograd"] + res.metadata["unet_evals_grad"],
-            "efficacy": round(ev.efficacy, 3), "retention": round(retention_ratio(ev, base), 3),
+            "lever": name, "seed": seed, "concept": args.concept,
+            "seconds": round(row["seconds"], 1), "unet_evals": row["unet_evals"],
+            "efficacy": round(row["efficacy"], 3), "retention": round(row["retention"], 3),
         }), flush=True)
-
 
 if __name__ == "__main__":
     main()

@@ -41,17 +41,14 @@ def measure(preset: str, latent: int, dtype_name: str, overrides: dict | None = 
     """One training step of ``preset`` (speed.preset_config; "+ckpt" = checkpointing); returns
     the bytes autograd kept and the trained state's bytes."""
     import torch
-    from speed import preset_config, sd14_unet
+    from speed import preset_config, random_embeddings, sd14_unet, training_conditioning
 
-    from unlearn_core import Conditioning, DiffusersDenoiser, EraseConfig, erase
-    from unlearn_core.selection import select_layers
+    from unlearn_core import DiffusersDenoiser, EraseConfig, erase
 
     dtype = getattr(torch, DTYPES[dtype_name])
     unet = sd14_unet().to(dtype)
-    g = torch.Generator().manual_seed(1)
-    emb_c, emb_e = torch.randn(1, 77, 768, generator=g), torch.randn(1, 77, 768, generator=g)
     den = DiffusersDenoiser(unet)
-    cond = Conditioning(concepts=[emb_c], empty=emb_e, trajectory=emb_c)
+    cond = training_conditioning(*random_embeddings())
     settings = preset_config(preset) | (overrides or {})
     # One step from a one-step trajectory: the sampling passes keep nothing (no grad), so the
     # count below is the student pass alone, at the preset's batch size.
@@ -71,15 +68,9 @@ def measure(preset: str, latent: int, dtype_name: str, overrides: dict | None = 
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         res = erase(den, cond, cfg)
-    layers = select_layers(unet, cfg.selection)
-    if cfg.parametrization == "full":
-        trained = sum(m.weight.numel() for m in layers.values())
-    else:
-        trained = sum(cfg.lora_rank * (m.weight.shape[0] + m.weight[0].numel())
-                      for m in layers.values())
     return {"preset": preset, "latent": latent, "dtype": dtype_name,
             "batch_size": cfg.batch_size, "kept_activation_bytes": kept[0],
-            "trained_parameters": trained,
+            "trained_parameters": res.metadata["trained_parameters"],
             "unet_bytes": sum(p.numel() * p.element_size() for p in unet.parameters()),
             "loss": res.loss_history[0]}
 

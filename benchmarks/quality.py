@@ -39,25 +39,38 @@ def _init(threads: int) -> None:
     _STATE["model"], _STATE["judges"] = load_toy_model(), load_judges()
 
 
-def _run(job: tuple[str, str, dict, int]) -> dict:
+def erase_and_evaluate(model, judges, base, concept: str, settings: dict, seed: int) -> dict:
+    """One toy erasure with ``settings`` over the toy settings; its cost and its quality against
+    the untouched model's evaluation ``base``."""
     from unlearn_core.toyworld.erasure import erase_toy, toy_config
     from unlearn_core.toyworld.evaluate import evaluate, retention_ratio
 
-    name, concept, settings, seed = job
-    model, judges = _STATE["model"], _STATE["judges"]
-    if "base" not in _STATE:
-        _STATE["base"] = evaluate(model, judges, [concept], repeats=2, with_clip=False)
     cfg = toy_config([concept], seed=seed, **settings)
     t0 = time.perf_counter()
     res = erase_toy(model, cfg)
     sec = time.perf_counter() - t0
     ev = evaluate(model, judges, [concept], res, repeats=2, with_clip=False)
-    row = {"setting": name, "steps": cfg.steps, "ema_decay": cfg.ema_decay, "seed": seed,
-           "seconds": sec, "unet_evals": res.metadata["unet_evals_nograd"]
-           + res.metadata["unet_evals_grad"],
-           "efficacy": ev.efficacy, "retention": retention_ratio(ev, _STATE["base"])}
-    print(f"  {name} seed {seed}: {sec:.1f} s, {row['unet_evals']} UNet evals, efficacy "
-          f"{ev.efficacy:.2f}, retention {row['retention']:.3f}", file=sys.stderr, flush=True)
+    return {"steps": cfg.steps, "ema_decay": cfg.ema_decay, "seed": seed, "seconds": sec,
+            "unet_evals": res.metadata["unet_evals_nograd"] + res.metadata["unet_evals_grad"],
+            "efficacy": ev.efficacy, "retention": retention_ratio(ev, base)}
+
+
+def base_evaluation(model, judges, concept: str):
+    from unlearn_core.toyworld.evaluate import evaluate
+
+    return evaluate(model, judges, [concept], repeats=2, with_clip=False)
+
+
+def _run(job: tuple[str, str, dict, int]) -> dict:
+    name, concept, settings, seed = job
+    model, judges = _STATE["model"], _STATE["judges"]
+    if "base" not in _STATE:
+        _STATE["base"] = base_evaluation(model, judges, concept)
+    row = {"setting": name} | erase_and_evaluate(model, judges, _STATE["base"], concept,
+                                                  settings, seed)
+    print(f"  {name} seed {seed}: {row['seconds']:.1f} s, {row['unet_evals']} UNet evals, "
+          f"efficacy {row['efficacy']:.2f}, retention {row['retention']:.3f}", file=sys.stderr,
+          flush=True)
     return row
 
 

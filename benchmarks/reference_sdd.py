@@ -81,15 +81,18 @@ class ReferenceSDD:
         self.unet_evals += 2
         return float(loss)
 
-    def run(self, steps: int, stratified: bool = False) -> list[float]:
+    def run(self, steps: int, stratified: bool = False, sync=lambda: None) -> list[float]:
         """Time ``steps`` steps. ``stratified``: trajectory lengths evenly spread over 0..N-1
         (mean (N-1)/2, the expectation of the official U{0..N-1}) instead of random draws, so a
-        few timed steps cost what the average step of a long run costs."""
+        few timed steps cost what the average step of a long run costs. ``sync`` waits for the
+        device before each clock read."""
         lengths = [int((k + 0.5) * self.steps / steps) for k in range(steps)] if stratified \
             else [None] * steps
         times = []
         for n in lengths:
+            sync()
             t0 = time.perf_counter()
             self.step(n)
+            sync()
             times.append(time.perf_counter() - t0)
         return times

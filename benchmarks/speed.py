@@ -64,17 +64,47 @@ def preset_config(preset: str) -> dict:
     return settings
 
 
+def random_embeddings(seed: int = 1):
+    """A concept and an empty-prompt embedding shaped like CLIP ViT-L/14's (1, 77, 768)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(1, 77, 768, generator=g), torch.randn(1, 77, 768, generator=g)
+
+
+def training_conditioning(emb_c, emb_e):
+    from unlearn_core import Conditioning
+
+    return Conditioning(concepts=[emb_c], empty=emb_e, trajectory=emb_c)
+
+
+def timed_erase(den, cond, cfg, sync=lambda: None):
+    """``erase`` with the seconds of each step (``sync`` waits for the device before a clock
+    read); returns (result, seconds per step). Warm up first: the first steps pay for kernels."""
+    from unlearn_core import erase
+
+    times, last = [], [0.0]
+
+    def cb(info) -> None:
+        sync()
+        now = time.perf_counter()
+        times.append(now - last[0])
+        last[0] = now
+
+    sync()
+    last[0] = time.perf_counter()
+    return erase(den, cond, cfg, callback=cb), times
+
+
 def run_side(side: str, latent: int, steps: int, preset: str) -> dict:
     import diffusers  # noqa: F401  (imported before the baseline: runtime, not model, memory)
-    import torch
 
     from unlearn_core import Conditioning, DiffusersDenoiser, EraseConfig, erase
 
     # The bare runtime (Python, torch, diffusers): every process pays it, model or not.
     runtime_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     unet = sd14_unet()
-    g = torch.Generator().manual_seed(1)
-    emb_c, emb_e = torch.randn(1, 77, 768, generator=g), torch.randn(1, 77, 768, generator=g)
+    emb_c, emb_e = random_embeddings()
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     unet_bytes = sum(p.numel() * p.element_size() for p in unet.parameters())
     flops = forward_flops(unet, latent)
@@ -102,20 +132,11 @@ def run_side(side: str, latent: int, steps: int, preset: str) -> dict:
         grad_per_step = 1
     else:
         den = DiffusersDenoiser(unet)
-        cond = Conditioning(concepts=[emb_c], empty=emb_e, trajectory=emb_c)
+        cond = training_conditioning(emb_c, emb_e)
         cfg = EraseConfig(concepts=("x",), resolution=latent, steps=steps,
                           **preset_config(preset))
         erase(den, cond, cfg.replace(steps=1))  # warm-up
-        times = []
-        start = [time.perf_counter()]
-
-        def cb(info):
-            now = time.perf_counter()
-            times.append(now - start[0])
-            start[0] = now
-
-        start[0] = time.perf_counter()
-        res = erase(den, cond, cfg, callback=cb)
+        res, times = timed_erase(den, cond, cfg)
         nograd = res.metadata["unet_evals_nograd"]
         grad_per_step = res.metadata["unet_evals_grad"] / steps
         per_step_evals = (nograd + res.metadata["unet_evals_grad"]) / steps

@@ -207,15 +207,15 @@ class EraseConfig:
 # Named settings. "sdd-paper" is the official SDD code's loop (fresh 50-step trajectory per step,
 # batch 1, unweighted loss); "fast" is this project's loop, the defaults (BENCHMARKS.md: speed and
 # quality side by side).
+_FAST: dict[str, Any] = dict(sampling_steps=10, batch_size=2, trajectory_reuse=4,
+                             timestep_weighting="snr")
 PRESETS: dict[str, dict[str, Any]] = {
     "sdd-paper": dict(sampling_steps=50, batch_size=1, trajectory_reuse=1, timestep_weighting="none",
                       parametrization="full", selection="xattn", target_from="student",
                       result="teacher", lr=1e-5, steps=1500, ema_decay=0.999),
-    "fast": dict(sampling_steps=10, batch_size=2, trajectory_reuse=4, timestep_weighting="snr"),
+    "fast": _FAST,
     # the fast loop with a rank-8 LoRA instead of a full delta: far less optimizer memory
-    "fast-lora": dict(sampling_steps=10, batch_size=2, trajectory_reuse=4,
-                      timestep_weighting="snr", parametrization="lora", lora_rank=8,
-                      lora_alpha=8.0, lr=1e-4),
+    "fast-lora": _FAST | dict(parametrization="lora", lora_rank=8, lora_alpha=8.0, lr=1e-4),
 }
 
 

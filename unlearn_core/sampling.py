@@ -36,6 +36,11 @@ def ddim_timesteps(num_steps: int, num_train: int = 1000) -> Tensor:
     return ts.clamp(max=num_train - 1).flip(0)
 
 
+def single_pass(guidance: float, need_uncond: bool) -> bool:
+    """Whether a guided step needs one UNet pass per latent instead of two (cond + uncond)."""
+    return guidance == 0.0 or (guidance == 1.0 and not need_uncond)
+
+
 def guided_eps(
     denoiser: Denoiser, x: Tensor, t: Tensor, cond: Tensor, uncond: Tensor, guidance: float,
     on_uncond: Callable[[Tensor], None] | None = None,
@@ -45,7 +50,7 @@ def guided_eps(
     ``on_uncond(eps_u)`` sees the empty-prompt prediction; when it is given, that pass is run even
     at guidance 1, where the guided prediction does not need it.
     """
-    if guidance == 0.0 or (guidance == 1.0 and on_uncond is None):
+    if single_pass(guidance, on_uncond is not None):
         eps = denoiser(x, t, uncond if guidance == 0.0 else cond)
         if on_uncond is not None:
             on_uncond(eps)
@@ -146,8 +151,7 @@ class TrajectorySampler:
         keep = (lambda k, e: uncond.__setitem__(k, e)) if self.keep_uncond else None
         ddim_sample(self.denoiser, x_T, self.cond, self.uncond, self.guidance, self.num_steps,
                     0, stop, lambda k, x: states.__setitem__(k, x), keep)
-        single = self.guidance == 0.0 or (self.guidance == 1.0 and not self.keep_uncond)
-        self.unet_evals += stop * (1 if single else 2)
+        self.unet_evals += stop * (1 if single_pass(self.guidance, self.keep_uncond) else 2)
         self._states, self._uncond = states, uncond
 
     def draw(self, batch: int) -> TrainingStates:
