@@ -29,7 +29,7 @@ if str(TESTS_DIR) not in sys.path:  # so tests can `import comfy_host`
 @pytest.fixture(scope="session")
 def comfy_host(tmp_path_factory):
     """The real ComfyUI host for this session (installed on first use)."""
-    import comfy_host as ch
+    from unlearn_testkit import comfy_host as ch
     import torch
 
     torch.set_num_threads(int(os.environ.get("UNLEARN_TEST_THREADS", "1")))
@@ -40,7 +40,7 @@ def comfy_host(tmp_path_factory):
 @pytest.fixture(scope="session")
 def small_sd15_ckpt(comfy_host) -> str:
     """A small SD-1.x checkpoint (44M-param UNet, SD-1 CLIP, TAESD) that CheckpointLoaderSimple reads."""
-    import comfy_host as ch
+    from unlearn_testkit import comfy_host as ch
 
     name = "unlearn_small_sd15.safetensors"
     ch.cached_model_file(comfy_host.model_dir("checkpoints") / name,
@@ -52,7 +52,7 @@ def small_sd15_ckpt(comfy_host) -> str:
 @pytest.fixture(scope="session")
 def full_sd15_unet(comfy_host) -> str:
     """A full-size SD-1.5-shaped UNet (random weights, fp16 file) that UNETLoader reads."""
-    import comfy_host as ch
+    from unlearn_testkit import comfy_host as ch
 
     name = "unlearn_full_sd15_unet.safetensors"
     ch.cached_model_file(comfy_host.model_dir("unet") / name, ch.write_full_sd15_unet, seed=0)
@@ -65,7 +65,7 @@ def tiny_training(comfy_host, monkeypatch):
     """Shrink the pack's "fast" preset -- where the simple Erase node takes its hidden settings --
     to CPU size (8x8 latents, 4-step trajectories) for one test. Patches the pack's own copy of
     unlearn_core (ComfyUI imported it as ``unlearn.unlearn_core``)."""
-    import node_helpers
+    from unlearn_testkit import node_helpers
 
     presets = node_helpers.pack_module("unlearn_core.config").PRESETS
     monkeypatch.setitem(presets, "fast", {**presets["fast"], **node_helpers.TINY_TRAINING})
@@ -76,7 +76,7 @@ def tiny_training(comfy_host, monkeypatch):
 def comfy_server(comfy_host, small_sd15_ckpt, tmp_path_factory):
     """The real ComfyUI server (main.py) on a free port, sharing the host's model folders and
     our pack; its own output folders. Stopped at the end of the session."""
-    from comfy_server import ComfyServer
+    from unlearn_testkit.comfy_server import ComfyServer
 
     server = ComfyServer(comfy_host.comfy_dir, tmp_path_factory.mktemp("server"),
                          comfy_host.models_dir, comfy_host.work_dir / "custom_nodes")

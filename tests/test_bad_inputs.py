@@ -54,7 +54,7 @@ def test_defaults_are_the_fast_loop_and_the_paper_preset_is_sdds():
 
 
 def test_lora_rank_larger_than_a_layer_allows():
-    from tiny import tiny_conditioning, tiny_denoiser
+    from unlearn_testkit.tiny import tiny_conditioning, tiny_denoiser
 
     from unlearn_core import erase
 

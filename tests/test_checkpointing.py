@@ -1,7 +1,7 @@
 """Gradient checkpointing: the same training run, fewer activations kept, the model put back."""
 
 import torch
-from tiny import tiny_conditioning, tiny_denoiser
+from unlearn_testkit.tiny import tiny_conditioning, tiny_denoiser
 
 from unlearn_core import EraseConfig, erase
 from unlearn_core.checkpointing import checkpoint_blocks, checkpointed

@@ -1,7 +1,7 @@
 """`unlearn erase` on a real (tiny) diffusers-format SD-1-shaped folder on disk."""
 
 import pytest
-from sd1_fixture import make_sd1_folder
+from unlearn_testkit.sd1_fixture import make_sd1_folder
 
 from unlearn_core.cli import build_parser, main
 from unlearn_core.config import config_fields, field_help

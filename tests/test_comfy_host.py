@@ -11,7 +11,7 @@ import os
 import time
 from pathlib import Path
 
-import comfy_host as ch
+from unlearn_testkit import comfy_host as ch
 import pytest
 
 pytestmark = pytest.mark.comfy

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from sd1_fixture import make_sd1_folder
+from unlearn_testkit.sd1_fixture import make_sd1_folder
 from test_metrics_clip import TINY_CLIP, random_tiny_clip_file
 from test_metrics_probe import needs_toy
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import CONTEXT_DIM, state_hash, tiny_denoiser
+from unlearn_testkit.tiny import CONTEXT_DIM, state_hash, tiny_denoiser
 
 from unlearn_core import EraseConfig, EraseResult
 from unlearn_core.delta import Delta

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 from test_metrics_probe import LATENT, decode, needs_toy, random_erasure
-from tiny import CONTEXT_DIM, state_hash, tiny_denoiser
+from unlearn_testkit.tiny import CONTEXT_DIM, state_hash, tiny_denoiser
 
 from unlearn_core.errors import Cancelled, ConfigError
 from unlearn_core.metrics.config import ReportConfig

@@ -9,7 +9,7 @@ from __future__ import annotations
 import resource
 import time
 
-import node_helpers as nh
+from unlearn_testkit import node_helpers as nh
 import pytest
 
 pytestmark = [pytest.mark.comfy, pytest.mark.slow]

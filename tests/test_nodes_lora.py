@@ -13,8 +13,8 @@
 
 from __future__ import annotations
 
-import comfy_host as ch
-import node_helpers as nh
+from unlearn_testkit import comfy_host as ch
+from unlearn_testkit import node_helpers as nh
 import pytest
 
 pytestmark = pytest.mark.comfy

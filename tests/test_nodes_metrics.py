@@ -8,8 +8,8 @@ from __future__ import annotations
 import math
 import re
 
-import comfy_host as ch
-import node_helpers as nh
+from unlearn_testkit import comfy_host as ch
+from unlearn_testkit import node_helpers as nh
 import pytest
 
 pytestmark = pytest.mark.comfy

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny import CONTEXT_DIM, tiny_conditioning, tiny_denoiser, tiny_unet
+from unlearn_testkit.tiny import CONTEXT_DIM, tiny_conditioning, tiny_denoiser, tiny_unet
 
 from unlearn_core import EraseConfig, erase, select_layers
 from unlearn_core.delta import Delta, DeltaSet

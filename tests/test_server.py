@@ -10,7 +10,7 @@ import json
 import time
 import uuid
 
-import node_helpers as nh
+from unlearn_testkit import node_helpers as nh
 import pytest
 
 pytestmark = pytest.mark.comfy

@@ -13,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import json
 
-import comfy_host as ch
+from unlearn_testkit import comfy_host as ch
 import pytest
-from comfy_server import Browser, find_chromium
+from unlearn_testkit.comfy_server import Browser, find_chromium
 
 pytestmark = pytest.mark.comfy
 

@@ -5,7 +5,7 @@ import itertools
 
 import pytest
 import torch
-from tiny import tiny_conditioning, tiny_denoiser
+from unlearn_testkit.tiny import tiny_conditioning, tiny_denoiser
 
 from unlearn_core import Cancelled, EraseConfig, TrainingError, erase
 from unlearn_core.sampling import TrajectorySampler, band_timestep, ddim_timesteps

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from tiny import CONTEXT_DIM, tiny_conditioning, tiny_denoiser
+from unlearn_testkit.tiny import CONTEXT_DIM, tiny_conditioning, tiny_denoiser
 
 from unlearn_core import ConfigError, EraseConfig, erase, select_layers
 from unlearn_core.uce import uce_edit

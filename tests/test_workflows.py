@@ -13,8 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import comfy_host as ch
-import node_helpers as nh
+from unlearn_testkit import comfy_host as ch
+from unlearn_testkit import node_helpers as nh
 import pytest
 
 pytestmark = pytest.mark.comfy

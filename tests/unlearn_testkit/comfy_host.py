@@ -37,7 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 INSTALLER = REPO_ROOT / "scripts" / "install_comfyui_host.py"
 PACK_DIR_NAME = "unlearn"  # name of the pack's folder in custom_nodes/ -> its module name
 

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import comfy_host as ch
+from unlearn_testkit import comfy_host as ch
 
 PACK = ch.PACK_DIR_NAME
 
