@@ -29,8 +29,8 @@ if str(TESTS_DIR) not in sys.path:  # so tests can `import comfy_host`
 @pytest.fixture(scope="session")
 def comfy_host(tmp_path_factory):
     """The real ComfyUI host for this session (installed on first use)."""
-    from unlearn_testkit import comfy_host as ch
     import torch
+    from unlearn_testkit import comfy_host as ch
 
     torch.set_num_threads(int(os.environ.get("UNLEARN_TEST_THREADS", "1")))
     work = tmp_path_factory.mktemp("comfyui")

@@ -11,8 +11,8 @@ import os
 import time
 from pathlib import Path
 
-from unlearn_testkit import comfy_host as ch
 import pytest
+from unlearn_testkit import comfy_host as ch
 
 pytestmark = pytest.mark.comfy
 

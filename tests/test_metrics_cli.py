@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
-from unlearn_testkit.sd1_fixture import make_sd1_folder
 from test_metrics_clip import TINY_CLIP, random_tiny_clip_file
 from test_metrics_probe import needs_toy
+from unlearn_testkit.sd1_fixture import make_sd1_folder
 
 from unlearn_core.cli import main
 from unlearn_core.metrics.images import save_png

@@ -9,8 +9,8 @@ from __future__ import annotations
 import resource
 import time
 
-from unlearn_testkit import node_helpers as nh
 import pytest
+from unlearn_testkit import node_helpers as nh
 
 pytestmark = [pytest.mark.comfy, pytest.mark.slow]
 

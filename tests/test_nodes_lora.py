@@ -13,9 +13,9 @@
 
 from __future__ import annotations
 
+import pytest
 from unlearn_testkit import comfy_host as ch
 from unlearn_testkit import node_helpers as nh
-import pytest
 
 pytestmark = pytest.mark.comfy
 

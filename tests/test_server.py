@@ -10,8 +10,8 @@ import json
 import time
 import uuid
 
-from unlearn_testkit import node_helpers as nh
 import pytest
+from unlearn_testkit import node_helpers as nh
 
 pytestmark = pytest.mark.comfy
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import json
 
-from unlearn_testkit import comfy_host as ch
 import pytest
+from unlearn_testkit import comfy_host as ch
 from unlearn_testkit.comfy_server import Browser, find_chromium
 
 pytestmark = pytest.mark.comfy

@@ -13,9 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from unlearn_testkit import comfy_host as ch
 from unlearn_testkit import node_helpers as nh
-import pytest
 
 pytestmark = pytest.mark.comfy
 
