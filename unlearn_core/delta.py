@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import ConfigError, ModelError
+
 Tensor = torch.Tensor
 
 
@@ -187,16 +189,34 @@ class DeltaSet(nn.Module):
         return {name: d.export() for name, d in self.items()}
 
 
+def check_strength(strength: object, field: str = "strength") -> float:
+    """``strength`` as a float; ConfigError naming ``field`` unless it is a finite number.
+
+    NaN passes every range check (every comparison with it is false) and would turn the model's
+    output into NaN without an error, so it is refused here, where an erasure meets a model.
+    """
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)):
+        raise ConfigError(field, strength, "must be a number",
+                          "give a number: 1 = as trained, 0 = no change, -1 = the other way")
+    if not math.isfinite(strength):
+        raise ConfigError(field, strength, "must be a finite number",
+                          "give a number: 1 = as trained, 0 = no change, -1 = the other way")
+    return float(strength)
+
+
 @contextlib.contextmanager
 def applied(module: nn.Module, deltas: Mapping[str, Delta], strength: float = 1.0) -> Iterator[None]:
     """Run ``module`` with ``deltas`` (keyed by its own module names) added, without writing weights.
 
-    Raises KeyError naming the layers the module lacks.
+    Raises ConfigError for a strength that is not a finite number, ModelError naming the layers
+    the module lacks.
     """
+    strength = check_strength(strength)
     modules = dict(module.named_modules())
     missing = [n for n in deltas if n not in modules]
     if missing:
-        raise KeyError(f"{len(missing)} layers not in the model, e.g. {missing[:3]}")
+        raise ModelError(f"{len(missing)} layers of the erasure are not in the model, e.g. "
+                         f"{missing[:3]}. Fix: apply it to the model it was made for.")
     handles = []
 
     def make(layer: nn.Module, d: Delta):
