@@ -80,20 +80,25 @@ def run_erase(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .conditioning import encode_conditioning
-    from .files import check_output_path, compress_deltas, save_erasure
-    from .sd1 import SD1Pipeline, check_sd1_folder
+    from .errors import OutputExistsError
+    from .files import check_output_path, compress_deltas, save_erasure, save_erasure_beside, svd_metadata
+    from .prompts import check_config_prompts
+    from .sd1 import SD1Pipeline, check_sd1_folder, check_training_layers, load_tokenizer, token_counter
     from .trainer import erase
 
-    # Everything cheap first: config, output path, model folder. Then load.
+    # Everything cheap first: config, output path, model folder, prompt lengths (the tokenizer),
+    # the LoRA rank against the layer sizes (unet/config.json). Then load.
     config = config_from_args(args)
     out = check_output_path(args.output, args.overwrite, "--output")
     if args.svd_rank < 0:
         raise UnlearnError(f"--svd-rank = {args.svd_rank}: must be >= 0. Fix: give 0 (off) or a rank.")
     check_sd1_folder(args.model)
+    check_config_prompts(config, token_counter(load_tokenizer(args.model)))
+    check_training_layers(args.model, config)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     start = time.perf_counter()
     pipe = SD1Pipeline(args.model, device=device)
-    cond = encode_conditioning(pipe.encode, config, pipe.last_token)
+    cond = encode_conditioning(pipe.encode, config, pipe.last_token, pipe.count_tokens)
     bar = tqdm(total=config.steps, desc="erasing", unit="step", disable=config.method == "uce")
 
     def progress(info) -> None:
@@ -108,11 +113,20 @@ def run_erase(args: argparse.Namespace) -> int:
     meta = dict(result.metadata)
     if args.svd_rank and config.parametrization == "full":
         deltas, errors = compress_deltas(deltas, args.svd_rank)
-        worst = max(errors.values())
-        meta["svd_rank"] = args.svd_rank
-        meta["svd_max_relative_error"] = worst
-        print(f"SVD rank {args.svd_rank}: worst relative reconstruction error {worst:.3g}")
-    save_erasure(out, deltas, meta, overwrite=args.overwrite)
+        svd_meta, note = svd_metadata(args.svd_rank, deltas, errors)
+        meta.update(svd_meta)
+        print(f"SVD rank {svd_meta['svd_rank']}: worst relative reconstruction error "
+              f"{svd_meta['svd_max_relative_error']:.3g}")
+        if note:
+            print(f"note: {note}", file=sys.stderr)
+    try:
+        out = save_erasure(out, deltas, meta, overwrite=args.overwrite)
+    except OutputExistsError:  # the name was taken during the run: keep the work beside it
+        taken = out
+        out = save_erasure_beside(taken, deltas, meta)
+        print(f"unlearn erase: warning: --output {taken} was created by something else while "
+              f"this run was working; it was left as it is and the erasure was written to {out}",
+              file=sys.stderr)
     if result.loss_history:
         what = f"{config.steps} steps, final loss {result.loss_history[-1]:.4g}"
     else:

@@ -63,14 +63,23 @@ class Conditioning:
 
 
 def encode_conditioning(encode: Callable[[Sequence[str]], Tensor], config: EraseConfig,
-                        last_token: Callable[[Sequence[str]], list[int]] | None = None
-                        ) -> Conditioning:
+                        last_token: Callable[[Sequence[str]], list[int]] | None = None,
+                        count_tokens: Callable[[str], int] | None = None) -> Conditioning:
     """Build the conditioning from text with ``encode(list of str) -> (N, L, D)``.
 
     ``last_token(texts)`` gives each text's last real token index (UCE needs it).
+    ``count_tokens(text)`` (text tokens, without start/end), where given, applies the prompt-length
+    rule of ``unlearn_core.prompts``: a text longer than the text encoder reads is refused
+    (ConfigError) before anything is encoded.
     """
+    from .prompts import check_config_prompts, trajectory_prompt
+
+    if count_tokens is not None:
+        check_config_prompts(config, count_tokens)
     concepts = list(config.concepts)
-    texts = concepts + ["", ", ".join(concepts)] + list(config.retain_prompts)
+    training = config.method == "train"  # only training samples from the joint prompt
+    trajectory = trajectory_prompt(concepts, count_tokens if training else None)
+    texts = concepts + ["", trajectory] + list(config.retain_prompts)
     if config.uce_guide:
         texts.append(config.uce_guide)
     emb = encode(texts)

@@ -273,6 +273,26 @@ def save_erasure(path: str | os.PathLike, deltas: Mapping[str, Delta], metadata:
     return p
 
 
+def save_erasure_beside(path: str | os.PathLike, deltas: Mapping[str, Delta],
+                        metadata: Mapping[str, Any]) -> Path:
+    """``save_erasure`` to the first free name beside ``path`` -- ``name-2.safetensors``,
+    ``name-3.safetensors``, ... -- never over an existing file; returns the path written.
+
+    For finished work whose name was taken while it was being made: keep the work, say where.
+    """
+    p = Path(path)
+    for n in range(2, 10_000):
+        candidate = p.with_name(f"{p.stem}-{n}{p.suffix}")
+        if candidate.exists():
+            continue
+        try:
+            return save_erasure(candidate, deltas, metadata, overwrite=False)
+        except OutputExistsError:
+            continue  # taken between the check and the write: try the next one
+    raise OutputExistsError(f"output = {str(p)!r}: no free name beside it. Fix: choose another "
+                            "name or folder.")
+
+
 @dataclass
 class LoadedErasure:
     deltas: dict[str, Delta]  # canonical names

@@ -54,6 +54,46 @@ def check_sd1_config(cfg: dict, where: str) -> None:
                          + ". Fix: load an SD-1.x model (1.4, 1.5 or a fine-tune of them).")
 
 
+def load_tokenizer(path: str | Path):
+    """The folder's CLIP tokenizer (small: read before the weights, to check prompts early)."""
+    from transformers import CLIPTokenizer
+
+    try:
+        return CLIPTokenizer.from_pretrained(Path(path) / "tokenizer", local_files_only=True)
+    except (OSError, ValueError, TypeError) as e:
+        raise ModelError(f"{path}: its tokenizer/ folder cannot be read ({e}). Fix: use a "
+                         "complete diffusers-format SD-1.x folder.") from e
+
+
+def token_counter(tokenizer):
+    """``count(text)`` = the number of text tokens (no start/end) ``tokenizer`` makes of it."""
+    def count(text: str) -> int:
+        return len(tokenizer.tokenize(text))
+
+    return count
+
+
+def check_training_layers(path: str | Path, config) -> None:
+    """The checks that need the UNet's layer shapes -- a selection that matches no layer, a LoRA
+    rank above the smallest selected layer -- from ``unet/config.json`` alone: the UNet is built
+    on the meta device (no memory, no weights read), in well under a second."""
+    if config.method != "train":
+        return
+    from diffusers import UNet2DConditionModel
+
+    from .selection import select_layers
+    from .trainer import check_rank
+
+    unet_dir = Path(path) / "unet"
+    try:
+        with torch.device("meta"):
+            unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(unet_dir))
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise ModelError(f"{unet_dir}/config.json cannot be read as a UNet config ({e}). Fix: use "
+                         "a complete diffusers-format SD-1.x folder.") from e
+    check_rank(config, select_layers(unet, config.selection))
+
+
 def scheduler_alphas(root: Path) -> torch.Tensor:
     path = root / "scheduler" / "scheduler_config.json"
     if not path.is_file():
@@ -79,6 +119,7 @@ class SD1Pipeline:
                                                     torch_dtype=dtype)
         self.denoiser = DiffusersDenoiser(unet.to(device).eval(), scheduler_alphas(root))
         self.tokenizer = CLIPTokenizer.from_pretrained(root / "tokenizer", local_files_only=True)
+        self.count_tokens = token_counter(self.tokenizer)
         self.text_encoder = CLIPTextModel.from_pretrained(
             root / "text_encoder", local_files_only=True, torch_dtype=dtype).to(device).eval()
         self.device = device

@@ -23,7 +23,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +83,9 @@ def check_images(images: Tensor, field_name: str = "images") -> None:
     if not images.is_floating_point():
         raise ConfigError(field_name, str(images.dtype), "images must be floating point in [0, 1]",
                           "divide uint8 images by 255")
+    if images.shape[0] == 0:
+        raise ConfigError(field_name, "0 images", "there are no images to score (an empty batch "
+                          "has no mean)", "connect a batch with at least one image")
     if images.numel() and (images.min() < -1e-3 or images.max() > 1 + 1e-3):
         raise ConfigError(field_name, (float(images.min()), float(images.max())),
                           "image values must lie in [0, 1]",
@@ -444,5 +446,5 @@ def clip_score(
     index = torch.tensor([unique.index(t) for t in texts], dtype=torch.long)
     image_emb = clip.encode_images(images, batch_size)  # (B, E)
     scores = clip_score_from_embeddings(image_emb, text_emb[index]).cpu()
-    mean = float(scores.mean()) if scores.numel() else math.nan
+    mean = float(scores.mean())
     return ClipScores(per_image=scores, mean=mean, prompts=tuple(texts))

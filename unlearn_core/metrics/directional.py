@@ -12,7 +12,6 @@ the empty prompt, or a replacement such as "a painting"): higher is better. An u
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -82,5 +81,5 @@ def directional_similarity(
     e_before = clip.encode_images(before, batch_size)
     e_after = clip.encode_images(after, batch_size)
     scores = directional_similarity_from_embeddings(e_before, e_after, e_src, e_tgt).cpu()
-    mean = float(scores.mean()) if scores.numel() else math.nan
+    mean = float(scores.mean())
     return DirectionalScores(per_pair=scores, mean=mean, source=tuple(src), target=tuple(tgt))
