@@ -23,6 +23,7 @@ import torch
 from ..unlearn_core.conditioning import Conditioning
 from ..unlearn_core.config import EraseConfig, config_fields
 from ..unlearn_core.errors import ConfigError
+from ..unlearn_core.prompts import check_config_prompts, trajectory_prompt
 from . import host
 from .plot import loss_plot
 from .presets import USE_CASE_HELP, USE_CASES
@@ -55,6 +56,31 @@ UCE_TIPS = {
 
 # ---- conditioning ---------------------------------------------------------------------------
 
+CLIP_END_TOKEN = 49407  # CLIP's end-of-text id (SD-1's tokenizer)
+
+
+def token_counter(clip: Any):
+    """``count(text)``: the text tokens ComfyUI's tokenizer makes of ``text`` through ``clip``
+    (no start, end or padding), over all its 77-token chunks -- what the core's prompt-length
+    rule (``unlearn_core.prompts``) needs; the CLI counts with the same CLIP BPE."""
+    def count(text: str) -> int:
+        tokens = clip.tokenize(text)
+        chunks = next(iter(tokens.values())) if isinstance(tokens, dict) else tokens
+        total = 0
+        for chunk in chunks:
+            ids = [t[0] for t in chunk]
+            pad = ids[-1]
+            end = len(ids)
+            while end > 1 and isinstance(ids[end - 1], int) and ids[end - 1] == pad:
+                end -= 1  # the padding (and the end token, where it pads)
+            if end > 1 and isinstance(ids[end - 1], int) and ids[end - 1] == CLIP_END_TOKEN:
+                end -= 1  # the end token, where another token pads
+            total += end - 1  # without the start token
+        return total
+
+    return count
+
+
 def _labels(text: tuple[str, ...], rows: list, input_name: str, cond_name: str) -> tuple[str, ...]:
     """Names for conditioning rows: the text lines if they match in number, else placeholders."""
     if not text:
@@ -80,6 +106,12 @@ def make_conditioning(clip: Any, config: EraseConfig, concept_conditioning: Any 
                    if retain_conditioning is not None else None)
     anchor_rows = (host.conditioning_rows(anchor_conditioning, "anchor_conditioning")
                    if anchor_conditioning is not None else None)
+    # The prompt-length rule, on the texts that will be encoded, before any is.
+    given = [name for name, rows in (("concepts", concept_rows), ("retain_prompts", retain_rows),
+                                     ("uce_guide", anchor_rows)) if rows is not None]
+    count = token_counter(clip) if clip is not None else None
+    if count is not None:
+        check_config_prompts(config, count, skip=given)
     if anchor_rows is not None and len(anchor_rows) != 1:
         raise ConfigError("anchor_conditioning", f"{len(anchor_rows)} entries",
                           "needs exactly one prompt", "connect a single CLIP Text Encode")
@@ -93,7 +125,7 @@ def make_conditioning(clip: Any, config: EraseConfig, concept_conditioning: Any 
     if concept_rows is None:
         texts += list(config.concepts)
         if training:  # SDD samples its training states from the concepts' joint prompt
-            texts.append(", ".join(config.concepts))
+            texts.append(trajectory_prompt(config.concepts, count))
     if anchor_rows is None:
         texts.append("")
     if retain_rows is None:

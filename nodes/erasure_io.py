@@ -10,33 +10,58 @@ from __future__ import annotations
 
 import logging
 import re
+import unicodedata
 from pathlib import Path
 from typing import Any
 
-from ..unlearn_core.errors import OutputExistsError
-from ..unlearn_core.files import compress_deltas, save_erasure
+from ..unlearn_core.delta import check_strength
+from ..unlearn_core.errors import ConfigError, OutputExistsError
+from ..unlearn_core.files import compress_deltas, save_erasure, svd_metadata
 from . import host
 from .erase import CATEGORY, ERASURE
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "unlearn_erasure"
-_UNSAFE = re.compile(r"[^A-Za-z0-9 _.\-]+")
+# Characters no file name may hold on Windows, macOS or Linux (folders are split off before).
+_RESERVED = set('<>:"/\\|?*')
+_WINDOWS_DEVICES = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
+                    *(f"LPT{i}" for i in range(1, 10))}
+_MAX_STEM_BYTES = 200  # the counter and ".safetensors" fit in the 255-byte name limit
+
+
+def _unsafe(ch: str) -> bool:
+    # C*: control, format (invisible), surrogate, private, unassigned; Zl/Zp: line breaks
+    return ch in _RESERVED or unicodedata.category(ch)[0] == "C" or unicodedata.category(ch) in (
+        "Zl", "Zp")
 
 
 def sanitize_prefix(prefix: str) -> str:
     """A file-name stem with no folder in it: path parts joined by '_', no '..', no hidden file.
 
-    ``"../../x"`` -> ``"x"``, ``"styles/van gogh"`` -> ``"styles_van gogh"``, ``""`` -> default.
+    Letters and digits of every script stay (``"日本語 ünï"`` stays as typed); only what a file
+    name cannot safely hold becomes '_': characters reserved on Windows (``<>:"|?*``), control
+    and invisible format characters. ``"../../x"`` -> ``"x"``, ``"styles/van gogh"`` ->
+    ``"styles_van gogh"``, ``""`` -> default.
     """
-    text = str(prefix or "").strip()
+    text = unicodedata.normalize("NFC", str(prefix or "")).strip()
     if text.lower().endswith(".safetensors"):
         text = text[: -len(".safetensors")]
     parts = [p for p in re.split(r"[\\/]+", text) if p.strip() not in ("", ".", "..")]
-    stem = "_".join(parts)
-    stem = _UNSAFE.sub("_", stem)
+    stem = ""
+    for ch in "_".join(parts):  # a run of unsafe characters becomes one '_'
+        if not _unsafe(ch):
+            stem += ch
+        elif not stem.endswith("_"):
+            stem += "_"
     stem = re.sub(r"\.{2,}", ".", stem).strip(" .")
-    return stem[:100] or DEFAULT_PREFIX
+    stem = stem[:100]
+    while len(stem.encode("utf-8")) > _MAX_STEM_BYTES:
+        stem = stem[:-1]
+    stem = stem.rstrip(" .")
+    if stem.split(".")[0].upper() in _WINDOWS_DEVICES:
+        stem = "_" + stem
+    return stem or DEFAULT_PREFIX
 
 
 def unique_path(folder: Path, stem: str) -> Path:
@@ -79,12 +104,13 @@ class UnlearnSaveLoRA:
     def save(self, erasure, filename_prefix, svd_rank):
         deltas = erasure.deltas
         metadata: dict[str, Any] = dict(erasure.metadata)
-        metadata["ss_base_model_version"] = "sd_v1"
         metadata["unlearn_saved_by"] = "ComfyUI UnlearnSaveLoRA"
         if svd_rank > 0:
             deltas, errors = compress_deltas(deltas, svd_rank)
-            metadata["svd_rank"] = svd_rank
-            metadata["svd_max_relative_error"] = max(errors.values())
+            svd_meta, note = svd_metadata(svd_rank, deltas, errors)
+            metadata.update(svd_meta)
+            if note:
+                log.warning("Unlearn: %s", note)
         folder = host.loras_folder()
         folder.mkdir(parents=True, exist_ok=True)
         stem = sanitize_prefix(filename_prefix)
@@ -100,6 +126,24 @@ class UnlearnSaveLoRA:
                                     "Fix: choose another prefix.")
         log.info("Unlearn: saved %d layers to %s", len(deltas), path)
         return {"ui": {"text": [path.name]}, "result": (path.name,)}
+
+
+STRENGTH_MIN, STRENGTH_MAX = -10.0, 10.0
+
+
+def strength_problem(strength: Any, input_name: str = "strength") -> str | None:
+    """A message for VALIDATE_INPUTS when ``strength`` is not a finite number in the widget's
+    range (None when fine or linked)."""
+    if strength is None:
+        return None
+    try:
+        value = check_strength(strength, input_name)
+    except ConfigError as e:
+        return str(e)
+    if not STRENGTH_MIN <= value <= STRENGTH_MAX:
+        return (f"{input_name} = {value!r}: outside {STRENGTH_MIN:g}..{STRENGTH_MAX:g}. Fix: give "
+                "a strength in that range (1 = as trained, 0 = no change).")
+    return None
 
 
 class UnlearnApplyErasure:
@@ -118,12 +162,20 @@ class UnlearnApplyErasure:
         return {"required": {
             "model": ("MODEL", {"tooltip": "The SD-1.x model to patch (it is not modified)."}),
             "erasure": (ERASURE, {"tooltip": "The erasure from an Erase Concept node."}),
-            "strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.05,
+            "strength": ("FLOAT", {"default": 1.0, "min": STRENGTH_MIN, "max": STRENGTH_MAX,
+                                   "step": 0.05,
                                    "tooltip": "1 = as trained; 0 = no change; negative allowed."}),
         }}
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, strength=None):
+        # ComfyUI's range check lets NaN through (every comparison with NaN is false), and hosts
+        # that call this skip their own range check for the inputs named here: check both.
+        return strength_problem(strength) or True
+
     def apply(self, model, erasure, strength):
-        return (host.patched_clone(model, erasure.deltas, float(strength)),)
+        strength = check_strength(strength)  # also for hosts that skip VALIDATE_INPUTS
+        return (host.patched_clone(model, erasure.deltas, strength),)
 
 
 NODE_CLASS_MAPPINGS = {

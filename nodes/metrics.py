@@ -15,13 +15,15 @@ functions' argument names, so the core's errors name the widget to change. IMAGE
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..unlearn_core.config import _check_field
 from ..unlearn_core.errors import ConfigError
-from ..unlearn_core.metrics.config import ProbeConfig, ReportConfig
+from ..unlearn_core.metrics.config import ProbeConfig, ReportConfig, parse_psis, parse_seeds
 from . import host
 from .widgets import field_input
 
@@ -66,6 +68,36 @@ def _prompt_lines(text: str, field: str) -> list[str]:
         raise ConfigError(field, text, "no prompt given", "type a prompt (one per line, or one "
                           "line for every image)")
     return prompts
+
+
+def widget_problem(node_cls: type, config_cls: type, **values: Any) -> str | None:
+    """The first problem with these widget values, for VALIDATE_INPUTS (None when all are fine).
+
+    ComfyUI runs VALIDATE_INPUTS before any node of the prompt executes, so a typo in ``psis``
+    fails at once instead of after an Erase node upstream has trained. Linked inputs arrive as
+    None and are checked when the node runs. Hosts skip their own range check for inputs named in
+    VALIDATE_INPUTS, and let NaN through anyway, so numbers are checked against the widget's range
+    here.
+    """
+    specs = node_cls.INPUT_TYPES()["required"]
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    for name, value in values.items():
+        if value is None:
+            continue
+        try:
+            if name == "psis":
+                parse_psis(value)
+            elif name == "seeds":
+                parse_seeds(value)
+            else:
+                _check_field(fields[name], value)
+                opts = specs[name][1]
+                if "max" in opts and value > opts["max"]:
+                    return (f"{name} = {value!r}: must be <= {opts['max']}. Fix: set {name} to "
+                            f"{opts['max']} or less.")
+        except ConfigError as e:
+            return str(e)
+    return None
 
 
 def _model_inputs(tip_erased: str) -> dict:
@@ -217,6 +249,10 @@ class UnlearnProbe:
         required["template"] = ("STRING", {"default": "{}", "tooltip": TEMPLATE_TIP})
         return {"required": required}
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, psis=None, seeds=None, guidance=None):
+        return widget_problem(cls, ProbeConfig, psis=psis, seeds=seeds, guidance=guidance) or True
+
     def probe(self, base_model, erased_model, clip, vae, scorer, width, height, template,
               **values):
         from ..unlearn_core.metrics.probe import partial_diffusion_probe
@@ -266,6 +302,10 @@ class UnlearnReport:
             "erasure": ("UNLEARN_ERASURE", {"tooltip": "The erasure, for its loss curve and name "
                                                        "in the report."}),
         }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, seeds=None, guidance=None):
+        return widget_problem(cls, ReportConfig, seeds=seeds, guidance=guidance) or True
 
     def report(self, base_model, erased_model, clip, vae, scorer, width, height, template,
                erasure=None, **values):

@@ -58,19 +58,30 @@ def parse_seeds(value: Any, field: str = "seeds") -> tuple[int, ...]:
 
 def parse_psis(value: Any, field: str = "psis") -> tuple[float, ...]:
     """"0.01, 0.1" or [0.01, 0.1] -> floats in [0, 1]."""
+    given = value
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = (value,)
     if isinstance(value, str):
         value = [v for v in re.split(r"[,\s]+", value.strip()) if v]
     try:
-        psis = tuple(float(v) for v in value)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(field, value, "psi values must be numbers", 'write them like "0.01, 0.1, 0.5"') from e
+        value = list(value)
+    except TypeError as e:
+        raise ConfigError(field, given, "psi values must be numbers",
+                          'write them like "0.01, 0.1, 0.5"') from e
+    for v in value:
+        try:
+            if isinstance(v, bool):
+                raise ValueError(v)
+            float(v)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(field, given, f"{v!r} is not a number",
+                              'write psi values like "0.01, 0.1, 0.5"') from e
+    psis = tuple(float(v) for v in value)
     if not psis:
-        raise ConfigError(field, value, "no psi given", "give at least one value in [0, 1]")
+        raise ConfigError(field, given, "no psi given", "give at least one value in [0, 1]")
     bad = [p for p in psis if not (math.isfinite(p) and 0.0 <= p <= 1.0)]
     if bad:
-        raise ConfigError(field, value, f"psi must lie in [0, 1]; got {bad}",
+        raise ConfigError(field, given, f"psi must lie in [0, 1]; got {bad}",
                           "psi is the share of the trajectory the base model denoises")
     return psis
 
