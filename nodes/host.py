@@ -21,11 +21,12 @@ the October-2025 paths below follow the same notes but are untested here).
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import inspect
 import logging
 import math
-import re
+import textwrap
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -114,19 +115,69 @@ def layer_shapes(model: Any) -> dict[str, tuple[int, ...]]:
             if native + ".weight" in sd_shapes}
 
 
-def _clone_saved_activations() -> bool:
-    """Whether this host's transformer block adds residuals in place (ComfyUI before v0.3.41).
+def _clone_saved_activations(module: torch.nn.Module) -> bool:
+    """Whether training through ``module`` needs the saved-tensor clone hook.
 
-    Then backward needs the saved-tensor clone hook (COMFYUI_HOST.md §3.2). Unknown -> True
-    (correct everywhere; costs activation memory).
+    ComfyUI before v0.3.41 adds residuals in place inside ``BasicTransformerBlock``
+    (``x += n``) after autograd saved ``x``; backward then fails ("modified by an inplace
+    operation") unless every saved tensor is copied -- which costs activation memory. Newer hosts
+    kept one ``x += x_skip``, but only under ``if self.ff_in:`` / ``if self.is_res:``, a path
+    SD-1's blocks never take. So the answer comes from the path the model's own blocks execute:
+    each in-place add of the block's source counts only if every ``if`` around it is true for one
+    of ``module``'s blocks (tests that read something other than ``self.<attribute>`` count as
+    true). Source unreadable -> True (correct everywhere; costs memory).
     """
-    try:
-        from comfy.ldm.modules.attention import BasicTransformerBlock
+    blocks: dict[type, list] = {}
+    for m in module.modules():
+        if type(m).__name__ == "BasicTransformerBlock":
+            blocks.setdefault(type(m), []).append(m)
+    for cls, instances in blocks.items():
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+        except (OSError, TypeError, SyntaxError):
+            return True
+        for guards in _inplace_add_guards(tree):
+            if any(all(_guard_holds(test, negate, block) for test, negate in guards)
+                   for block in instances):
+                return True
+    return False
 
-        source = inspect.getsource(BasicTransformerBlock)  # forward may delegate to _forward
-    except (ImportError, OSError, TypeError):
+
+def _inplace_add_guards(tree: ast.AST) -> Iterator[list[tuple[ast.expr, bool]]]:
+    """For each ``name += ...`` in ``tree``: the ``(if-test, in its else branch)`` pairs around it."""
+    def walk(node: ast.AST, guards: list) -> Iterator[list]:
+        if isinstance(node, ast.AugAssign) and isinstance(node.op, ast.Add) \
+                and isinstance(node.target, ast.Name):
+            yield list(guards)
+        if isinstance(node, ast.If):
+            for child in node.body:
+                yield from walk(child, [*guards, (node.test, False)])
+            for child in node.orelse:
+                yield from walk(child, [*guards, (node.test, True)])
+            return
+        for child in ast.iter_child_nodes(node):
+            yield from walk(child, guards)
+
+    yield from walk(tree, [])
+
+
+_GUARD_NODES = (ast.Expression, ast.Attribute, ast.Name, ast.Load, ast.Constant, ast.BoolOp,
+                ast.And, ast.Or, ast.UnaryOp, ast.Not, ast.Compare, ast.Is, ast.IsNot, ast.Eq,
+                ast.NotEq)
+
+
+def _guard_holds(test: ast.expr, negate: bool, block: torch.nn.Module) -> bool:
+    """The value of an ``if`` test that reads only ``self.<attr>`` on ``block``; True otherwise."""
+    expr = ast.Expression(test)
+    names = {n.id for n in ast.walk(expr) if isinstance(n, ast.Name)}
+    if names - {"self", "None", "True", "False"} or \
+            not all(isinstance(n, _GUARD_NODES) for n in ast.walk(expr)):
         return True
-    return re.search(r"\bx\s*\+=", source) is not None
+    try:
+        value = bool(eval(compile(expr, "<guard>", "eval"), {"__builtins__": {}}, {"self": block}))
+    except Exception:  # an attribute this block lacks: cannot tell, assume the path runs
+        return True
+    return value != negate
 
 
 def _pack_clone(t: Tensor) -> Tensor:
@@ -162,7 +213,7 @@ class ComfyDenoiser:
         self.in_channels = int(unet_config.get("in_channels", 4))
         self.context_dim = int(unet_config["context_dim"])
         self.compute_dtype = base.manual_cast_dtype or base.get_dtype()
-        self.clone_saved = _clone_saved_activations()
+        self.clone_saved = _clone_saved_activations(self.module)
         self._to_canonical = layer_names(model)
         self._to_native = {v: k for k, v in self._to_canonical.items()}
 

@@ -16,6 +16,13 @@ Where the host goes: ``$UNLEARN_COMFYUI_HOST`` if set, else ``<repo>/.comfyui-ho
 the ComfyUI folder is ``<that>/ComfyUI``. When ``$COMFYUI_PATH`` is set it names another ComfyUI
 checkout to use instead; then this script only checks it and installs nothing.
 
+``--tree SRC`` installs another host from a ComfyUI source folder (for example a release's
+source tree, which may sit on a read-only disk): the folder is copied to
+``<host folder>/<name of SRC>/ComfyUI`` (copied again only when SRC changes), and the
+requirements listed in its ``requirements.txt`` are installed -- all but ``torch``,
+``torchvision`` and ``torchaudio``, so the torch already in the environment stays (an unpinned
+``torchaudio`` would pull a newer torch from the registry; SD-1.x paths never import it).
+
 The last line printed on stdout is the ComfyUI folder, so ``HOST=$(python
 scripts/install_comfyui_host.py | tail -1)`` works in shell scripts.
 
@@ -23,6 +30,7 @@ Usage::
 
     python scripts/install_comfyui_host.py            # install or confirm
     python scripts/install_comfyui_host.py --force    # reinstall the copy
+    python scripts/install_comfyui_host.py --tree /path/to/ComfyUI-0.3.64   # another host
 """
 
 from __future__ import annotations
@@ -199,11 +207,90 @@ def install(force: bool = False) -> Path:
     return path
 
 
+# Never installed from a host's requirements: the environment's own torch must stay.
+TORCH_FAMILY = {"torch", "torchvision", "torchaudio"}
+
+
+def tree_requirements(tree: Path) -> list[str]:
+    """The requirement lines of ``tree/requirements.txt``, less the torch family."""
+    path = tree / "requirements.txt"
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        name = line
+        for sep in "<>=!~[; ":
+            name = name.split(sep, 1)[0]
+        if name.lower() not in TORCH_FAMILY:
+            out.append(line)
+    return out
+
+
+def _fingerprint(tree: Path) -> str:
+    """Names, sizes and mtimes of every file of ``tree``: changes when the tree does."""
+    h = hashlib.sha256()
+    for p in sorted(tree.rglob("*")):
+        if p.is_file() and "__pycache__" not in p.parts:
+            st = p.stat()
+            h.update(f"{p.relative_to(tree)}:{st.st_size}:{int(st.st_mtime)}\n".encode())
+    return h.hexdigest()
+
+
+def install_tree(src: Path, force: bool = False) -> Path:
+    """Copy the ComfyUI source folder ``src`` into the host folder, install its requirements
+    (less the torch family); returns the copy's folder. Idempotent."""
+    src = src.expanduser().resolve()
+    check_comfyui_folder(src)
+    for mod in ("torch", "torchvision"):
+        if importlib.util.find_spec(mod) is None:
+            raise SystemExit(f"{mod} is not installed in {sys.prefix}. Fix: install torch and "
+                             "torchvision first, then run this script again.")
+    reqs = tree_requirements(src)
+    if reqs:
+        _log(f"installing the requirements of {src.name} (less torch, torchvision, torchaudio)")
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", *reqs], check=True)
+    dest = host_root() / src.name / "ComfyUI"
+    stamp = _fingerprint(src)
+    marker = installed_marker(dest)
+    if not force and marker and marker.get("fingerprint") == stamp:
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix="tmp-install-") as tmp:
+        staging = Path(tmp) / "ComfyUI"
+        shutil.copytree(src, staging, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        for p in [staging, *staging.rglob("*")]:  # the source may be read-only; the copy is not
+            p.chmod(p.stat().st_mode | 0o200)
+        (staging / MARKER).write_text(json.dumps({
+            "source": str(src), "fingerprint": stamp, "version": tree_version(src)}, indent=1))
+        if dest.exists():
+            shutil.rmtree(dest)
+        staging.rename(dest)
+    _log(f"installed ComfyUI {tree_version(src)} from {src} at {dest}")
+    return dest
+
+
+def tree_version(tree: Path) -> str:
+    """``__version__`` of ``tree/comfyui_version.py`` (ComfyUI 0.3 and later), else "unknown"."""
+    try:
+        text = (tree / "comfyui_version.py").read_text()
+    except OSError:
+        return "unknown"
+    for line in text.splitlines():
+        if line.startswith("__version__"):
+            return line.split("=", 1)[1].strip().strip("\"'")
+    return "unknown"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--force", action="store_true", help="reinstall the bundled copy")
+    parser.add_argument("--force", action="store_true", help="copy or download the host again")
+    parser.add_argument("--tree", type=Path, default=None,
+                        help="a ComfyUI source folder to install as another test host")
     args = parser.parse_args(argv)
-    print(install(force=args.force))
+    print(install_tree(args.tree, force=args.force) if args.tree else install(force=args.force))
     return 0
 
 

@@ -64,7 +64,7 @@ def full_sd15_unet(comfy_host) -> str:
 def tiny_training(comfy_host, monkeypatch):
     """Shrink the pack's "fast" preset -- where the simple Erase node takes its hidden settings --
     to CPU size (8x8 latents, 4-step trajectories) for one test. Patches the pack's own copy of
-    unlearn_core (ComfyUI imported it as ``unlearn.unlearn_core``)."""
+    unlearn_core (ComfyUI imported it under its own module name: ``node_helpers.pack_module``)."""
     from unlearn_testkit import node_helpers
 
     presets = node_helpers.pack_module("unlearn_core.config").PRESETS

@@ -38,12 +38,13 @@ def test_host_is_the_real_comfyui(comfy_host):
 
 
 def test_pack_loaded_by_comfyuis_own_loader(comfy_host):
-    """custom_nodes/unlearn -> our repo; ComfyUI imported it as module 'unlearn'."""
+    """custom_nodes/unlearn -> our repo, imported by ComfyUI's own loader under the module name
+    that host gives a pack: 'unlearn' (2024) or the folder's full path (0.3.x)."""
     link = comfy_host.work_dir / "custom_nodes" / ch.PACK_DIR_NAME
     assert link.resolve() == ch.REPO_ROOT
     module = comfy_host.pack_module
     assert module is not None, "ComfyUI did not import the pack (see the log for the traceback)"
-    assert module.__name__ == ch.PACK_DIR_NAME
+    assert module.__name__ in (ch.PACK_DIR_NAME, str(link))
     assert Path(module.__file__).parent == link
     assert isinstance(module.NODE_CLASS_MAPPINGS, dict)
     # Whatever the pack registers is in ComfyUI's table, and nothing stock was replaced.
@@ -307,7 +308,7 @@ def test_full_size_sd15_unet_is_detected_and_samples(comfy_host, small_sd15_ckpt
     import comfy.supported_models
 
     prompt = ch.stock_txt2img_prompt(small_sd15_ckpt, seed=0)
-    prompt["10"] = {"class_type": "UNETLoader", "inputs": {"unet_name": full_sd15_unet}}
+    prompt["10"] = comfy_host.stock_node("UNETLoader", unet_name=full_sd15_unet)
     prompt["3"]["inputs"]["model"] = ["10", 0]
     t0 = time.perf_counter()
     result = comfy_host.run(prompt, fresh_cache=True).raise_for_status()

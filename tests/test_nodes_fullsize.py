@@ -20,7 +20,7 @@ def test_full_size_sd15_unet_trains_two_steps(comfy_host, small_sd15_ckpt, full_
 
     prompt = nh.erase_prompt(small_sd15_ckpt, node_classes=comfy_host.node_classes,
                              concepts="a lighthouse", steps=2, sampling_steps=2)
-    prompt["10"] = {"class_type": "UNETLoader", "inputs": {"unet_name": full_sd15_unet}}
+    prompt["10"] = comfy_host.stock_node("UNETLoader", unet_name=full_sd15_unet)
     prompt["20"]["inputs"]["model"] = ["10", 0]
     t0 = time.perf_counter()
     try:

@@ -86,8 +86,8 @@ def test_clip_loader_names_the_input_to_fix(comfy_host, small_sd15_ckpt, clip_fi
     assert result.valid and not result.success
     err = result.error
     assert err["node_id"] == "50"
-    assert "does not match the open_clip architecture 'ViT-B-32'" in err["exception_message"]
-    assert "(clip_arch)" in err["exception_message"] and "(clip_weights)" in err["exception_message"]
+    assert "does not match the open_clip architecture 'ViT-B-32'" in ch.node_error_message(err)
+    assert "(clip_arch)" in ch.node_error_message(err) and "(clip_weights)" in ch.node_error_message(err)
 
 
 def test_probe_runs_and_an_unchanged_model_scores_like_the_base(comfy_host, small_sd15_ckpt,
@@ -149,5 +149,5 @@ def test_report_without_prompts_names_the_input(comfy_host, small_sd15_ckpt, cli
         width=64, height=64)
     result = comfy_host.run(prompt, fresh_cache=True)
     assert not result.success
-    msg = result.error["exception_message"]
+    msg = result.error_message
     assert msg.startswith("erased_prompts = ") and "Fix: give erased prompts" in msg

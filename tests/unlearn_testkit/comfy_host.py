@@ -86,6 +86,20 @@ class ServerStub:
         pass
 
 
+def node_error_message(error: dict) -> str:
+    """``str(exception)`` of a failed node from the host's ``execution_error`` message.
+
+    ComfyUI 0.3.x sends ``f"{exception}\n{tips}"`` (``tips`` is empty but for out-of-memory
+    errors); the 2024 host sends ``str(exception)``. This undoes the host's addition, so a test
+    compares exactly what the node raised on either host.
+    """
+    msg = error["exception_message"]
+    oom_tips = msg.rfind("\nThis error means you ran out of memory")
+    if oom_tips >= 0:
+        return msg[:oom_tips]
+    return msg[:-1] if msg.endswith("\n") else msg
+
+
 @dataclasses.dataclass
 class RunResult:
     """What one queued prompt did."""
@@ -107,6 +121,11 @@ class RunResult:
         """The ``execution_error`` message, if the run failed."""
         errs = self.events("execution_error")
         return errs[-1] if errs else None
+
+    @property
+    def error_message(self) -> str | None:
+        """The failed node's exception message as the node raised it (see node_error_message)."""
+        return node_error_message(self.error) if self.error else None
 
     @property
     def interrupted(self) -> bool:
@@ -187,16 +206,21 @@ class ComfyHost:
         saved_argv = sys.argv
         sys.argv = ["main.py", "--cpu", *self.extra_args]
         try:
+            # The import order of the host's own main.py. comfy.options first (argument
+            # parsing); folder_paths before any node reads a path; then, on hosts that have a
+            # top-level `utils` package (0.3.x), `utils.extra_config` *before* anything puts
+            # comfy/ first on sys.path (nodes.py does), or `utils` resolves to comfy/utils.py;
+            # then execution, server (new hosts: before nodes), nodes.
             import comfy.options
             comfy.options.enable_args_parsing()
             import folder_paths  # paths set below, before any node reads them
             self._point_folders()
-            # New ComfyUI: `server` must be imported before `nodes` (else `import utils`
-            # resolves to comfy/utils.py). The 2024 copy has no such need; importing it there
-            # also works but pulls the web stack, so only do it where needed.
+            if (self.comfy_dir / "utils" / "extra_config.py").is_file():
+                import utils.extra_config  # noqa: F401
+            import comfy.utils  # noqa: F401
+            import execution
             if (self.comfy_dir / "comfy_execution").is_dir():
                 import server  # noqa: F401
-            import execution
 
             import nodes
         finally:
@@ -254,9 +278,21 @@ class ComfyHost:
             asyncio.run(nodes.init_extra_nodes(**kwargs))
         else:
             nodes.init_custom_nodes()
-        self.pack_module = sys.modules.get(PACK_DIR_NAME)
+        # The module name the host gave the pack: the folder name on the 2024 host, a name made
+        # of the folder's full path on 0.3.x. Found by the file it was loaded from.
+        # (pytest may hold the same file under another name, as the rootdir's package.)
+        init = (self.work_dir / "custom_nodes" / PACK_DIR_NAME / "__init__.py").resolve()
+        registered = {cls.__module__ for cls in nodes.NODE_CLASS_MAPPINGS.values()}
+        names = [name for name, mod in list(sys.modules.items())
+                 if getattr(mod, "__file__", None) and Path(mod.__file__).resolve() == init
+                 and any(m.startswith(name + ".") for m in registered)]
+        if len(names) != 1:
+            raise RuntimeError(f"the host did not load the pack from {init} (modules: {names})")
+        self.pack_module_name = names[0]
+        self.pack_module = sys.modules[self.pack_module_name]
         ours = {name for name, cls in nodes.NODE_CLASS_MAPPINGS.items()
-                if cls.__module__.split(".")[0] == PACK_DIR_NAME}
+                if cls.__module__ == self.pack_module_name
+                or cls.__module__.startswith(self.pack_module_name + ".")}
         self.pack_node_names = ours
         self.stock_node_names = set(nodes.NODE_CLASS_MAPPINGS) - ours
 
@@ -288,6 +324,22 @@ class ComfyHost:
     @property
     def node_classes(self) -> dict:
         return self.nodes.NODE_CLASS_MAPPINGS
+
+    def stock_node(self, class_type: str, **inputs: Any) -> dict:
+        """An API-format node of a stock class with ``inputs``, plus each *required* widget the
+        caller did not give at the host's own default. Stock nodes grow required widgets between
+        versions (0.3.x's UNETLoader has ``weight_dtype``); a prompt written for one host then
+        still validates on the other, with the values a user would see in a fresh node."""
+        required = self.node_classes[class_type].INPUT_TYPES().get("required", {})
+        for name, spec in required.items():
+            if name in inputs:
+                continue
+            if isinstance(spec[0], (list, tuple)):
+                opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+                inputs[name] = opts.get("default", spec[0][0])
+            elif spec[0] in ("INT", "FLOAT", "STRING", "BOOLEAN") and "default" in spec[1]:
+                inputs[name] = spec[1]["default"]
+        return {"class_type": class_type, "inputs": inputs}
 
     @property
     def is_new_api(self) -> bool:
@@ -668,15 +720,15 @@ def fixture_cache_dir() -> Path:
 def cached_model_file(dest: Path, write: Callable[..., Path], **params) -> Path:
     """``write(path, **params)`` once into the cache, then link ``dest`` to it.
 
-    The cache key covers the parameters, this file's source (edit a builder and the files are
-    rebuilt) and the host folder, so a stale file is never used. Older files of the same name
-    are deleted.
+    The cache key covers the parameters and this file's source (edit a builder and the files are
+    rebuilt), so a stale file is never used. Older files of the same name are deleted.
     """
     h = hashlib.sha256()
     h.update(Path(__file__).read_bytes())
-    h.update(json.dumps({"fn": write.__name__, "params": params, "host": str(
-        ComfyHost._instance.comfy_dir if ComfyHost._instance else "")}, sort_keys=True,
-        default=str).encode())
+    # Not the host: a checkpoint is a file any host reads, and runs on two hosts (or two test
+    # processes) must not delete each other's files.
+    h.update(json.dumps({"fn": write.__name__, "params": params}, sort_keys=True,
+                        default=str).encode())
     key = h.hexdigest()[:16]
     cache = fixture_cache_dir()
     cache.mkdir(parents=True, exist_ok=True)

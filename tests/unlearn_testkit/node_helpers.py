@@ -1,9 +1,10 @@
 """Helpers for the node-pack tests: prompts with our nodes, the pack's own modules (as ComfyUI
 imported them), denoiser outputs of a ComfyUI MODEL, a tiny SDXL-shaped MODEL.
 
-ComfyUI imports the pack as module ``unlearn`` (``unlearn.nodes.*``, ``unlearn.unlearn_core.*``):
-different module objects from the tests' own ``unlearn_core``, so compare exceptions and types by
-name across that boundary, never with isinstance.
+ComfyUI imports the pack under a module name of its own (the folder name ``unlearn`` on the 2024
+host, a name made from the folder's full path on 0.3.x): ``<pack>.nodes.*``,
+``<pack>.unlearn_core.*`` are different module objects from the tests' own ``unlearn_core``, so
+compare exceptions and types by name across that boundary, never with isinstance.
 """
 
 from __future__ import annotations
@@ -14,15 +15,16 @@ from typing import Any
 
 from unlearn_testkit import comfy_host as ch
 
-PACK = ch.PACK_DIR_NAME
-
 # Training settings small enough for CPU tests: 8x8 latents, 4-step trajectories.
 TINY_TRAINING = {"resolution": 8, "sampling_steps": 4, "batch_size": 2, "trajectory_reuse": 4}
 
 
 def pack_module(name: str):
     """A module of the pack as ComfyUI loaded it, e.g. ``pack_module("nodes.widgets")``."""
-    return sys.modules[f"{PACK}.{name}"]
+    host = ch.ComfyHost._instance
+    if host is None:
+        raise RuntimeError("pack_module needs the booted host (the comfy_host fixture)")
+    return sys.modules[f"{host.pack_module_name}.{name}"]
 
 
 def widget_defaults(node_classes: dict, node_type: str) -> dict[str, Any]:
