@@ -36,12 +36,19 @@ class Conditioning:
     def check(self, context_dim: int | None = None) -> None:
         if not self.concepts:
             raise ConfigError("concepts", [], "no concept embedding given", "give one or more")
+        extra = [("trajectory", self.trajectory), ("uce_guide", self.guide)]
         for name, emb in [("empty", self.empty)] + [("concepts", c) for c in self.concepts] + [
             ("retain_prompts", r) for r in self.retain
-        ]:
+        ] + [(n, e) for n, e in extra if e is not None]:
+            if not isinstance(emb, Tensor) or not emb.is_floating_point():
+                raise ModelError(f"{name} conditioning must be a float tensor (1, L, D), got "
+                                 f"{type(emb).__name__}. Fix: pass the text encoder's output.")
             if emb.dim() != 3 or emb.shape[0] != 1:
                 raise ModelError(f"{name} conditioning must have shape (1, L, D), got "
                                  f"{tuple(emb.shape)}")
+            if not torch.isfinite(emb).all():
+                raise ModelError(f"{name} conditioning holds NaN or infinite values. Fix: check "
+                                 "the text encoder (or the CONDITIONING connected) and its dtype.")
             if context_dim is not None and emb.shape[-1] != context_dim:
                 raise ModelError(
                     f"{name} conditioning has width {emb.shape[-1]} but the model's "

@@ -153,6 +153,9 @@ class EraseConfig:
             value = getattr(self, name)
             if isinstance(value, str):
                 value = tuple(line for line in value.splitlines())
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(name, value, "must be text: one prompt per line, or a list of "
+                                  "strings", f"give {name} as text, e.g. ['Van Gogh']")
             object.__setattr__(self, name, tuple(value))
         for f in dataclasses.fields(self):
             _check_field(f, getattr(self, f.name))
@@ -160,7 +163,7 @@ class EraseConfig:
             raise ConfigError("concepts", self.concepts, "no concept given",
                               "name at least one concept to erase")
         for c in self.concepts:
-            if not isinstance(c, str) or not c.strip():
+            if not c.strip():
                 raise ConfigError("concepts", self.concepts, "a concept is empty or blank",
                                   "remove blank lines or type the concept's text")
         object.__setattr__(self, "concepts", tuple(c.strip() for c in self.concepts))
@@ -193,6 +196,10 @@ class EraseConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EraseConfig:
+        if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
+            raise ConfigError("config", type(data).__name__, "must be a mapping of field names "
+                              "to values", "give the config as a JSON object, e.g. "
+                              '{"concepts": ["Van Gogh"]}')
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -236,13 +243,18 @@ def _check_field(f: dataclasses.Field, value: Any) -> None:
         if not isinstance(value, bool):
             raise ConfigError(name, value, "must be true or false", f"give {name} as true/false")
         return
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
     if expected in (int, float):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(name, value, f"must be a number ({expected.__name__})",
                               f"give {name} as a number")
-        if expected is int and not float(value).is_integer():
+        try:
+            whole = float(value).is_integer()
+        except OverflowError:  # an int beyond float range
+            raise ConfigError(name, value, "is far too large", f"give {name} a sensible value"
+                              ) from None
+        if expected is float and isinstance(value, int):
+            value = float(value)
+        if expected is int and not whole:
             raise ConfigError(name, value, "must be a whole number", f"give {name} as an integer")
         if not math.isfinite(value):
             raise ConfigError(name, value, "must be finite", f"give {name} a finite value")

@@ -106,6 +106,8 @@ def erase(denoiser: Denoiser, conditioning: Conditioning, config: EraseConfig,
     ``conditioning`` holds the embeddings of the concepts (in the order of ``config.concepts``),
     the empty prompt, the trajectory prompt and any retain prompts.
     """
+    # Shapes, widths and values of the embeddings, before anything is selected or cloned.
+    conditioning.check(getattr(denoiser, "context_dim", None))
     if config.method == "uce":
         from .uce import uce_erase
 
