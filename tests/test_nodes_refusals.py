@@ -239,3 +239,29 @@ def test_save_writes_the_letters_the_user_typed_with_the_ranks_it_wrote(comfy_ho
         assert json.loads(meta["config"])["concepts"] == ["a dog"]  # ours are kept
     finally:
         path.unlink()
+
+
+def test_save_names_from_random_prefixes_stay_in_the_folder(comfy_host, tmp_path):
+    """Seeded random prefixes (separators, '..', control and invisible characters, every
+    script): the stem never leaves the folder, never hides the file, fits the name limit, and
+    keeps letters and digits as typed."""
+    import random
+    import unicodedata
+
+    sanitize = nh.pack_module("nodes.erasure_io").sanitize_prefix
+    rng = random.Random(21)
+    pieces = ["/", "\\", "..", ".", " ", "\x00", "\n", "\u200b", "\u202e", ":", "*", "?", '"',
+              "<", "|", "a", "Z", "9", "é", "ß", "日本", "Ж", "ع", "🙂", "_", "-", "CON", "x" * 60]
+    for _ in range(500):
+        prefix = "".join(rng.choice(pieces) for _ in range(rng.randrange(12)))
+        stem = sanitize(prefix)
+        path = tmp_path / f"{stem}_00001.safetensors"
+        assert path.parent == tmp_path and path.resolve().parent == tmp_path.resolve(), prefix
+        assert stem and not stem.startswith(".") and not set(stem) & set('/\\<>:"|?*'), stem
+        assert all(unicodedata.category(ch)[0] != "C" for ch in stem), repr(stem)
+        assert len(stem.encode("utf-8")) <= 200
+        path.write_bytes(b"")  # the file system takes the name
+        path.unlink()
+        letters = [ch for ch in unicodedata.normalize("NFC", prefix) if ch.isalnum()]
+        if letters and len(letters) < 90:  # not cut for length, not the default name
+            assert [ch for ch in stem if ch.isalnum()] == letters, (prefix, stem)
