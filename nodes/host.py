@@ -350,6 +350,31 @@ def check_interrupt() -> None:
     comfy.model_management.throw_exception_if_processing_interrupted()
 
 
+class _ProgressText:
+    """A line of text under the running node's progress bar, where the web UI shows one
+    (ComfyUI 0.3.x: ``PromptServer.send_progress_text``); a no-op on hosts without it and when no
+    server runs (headless). At most two a second, and the last one always."""
+
+    def __init__(self) -> None:
+        self._last = 0.0
+        self._send = None
+        try:
+            import server
+            from comfy_execution.utils import get_executing_context
+        except ImportError:  # the 2024 host
+            return
+        instance = getattr(server.PromptServer, "instance", None)
+        context = get_executing_context()
+        if instance is not None and context is not None and hasattr(instance, "send_progress_text"):
+            self._send = lambda text: instance.send_progress_text(text, context.node_id)
+
+    def send(self, text: str, last: bool = False) -> None:
+        now = time.monotonic()
+        if self._send is not None and (last or now - self._last >= 0.5):
+            self._last = now
+            self._send(text)
+
+
 def run_erase(model: Any, conditioning: Conditioning, config: EraseConfig,
               label: str = "Unlearn") -> EraseResult:
     """The core's ``erase`` on a ComfyUI MODEL; the MODEL's weights are never written.
@@ -369,8 +394,13 @@ def run_erase(model: Any, conditioning: Conditioning, config: EraseConfig,
     bar = tqdm(total=total, desc=f"{label}: {'erasing' if training else 'UCE edit'}",
                unit="step", disable=not training)
 
+    text = _ProgressText()
+
     def on_step(info: StepInfo) -> None:
         pbar.update_absolute(info.step, info.total)
+        left = info.elapsed / info.step * (info.total - info.step)
+        text.send(f"step {info.step}/{info.total} · loss {info.loss:.4g} · {left:.0f} s left",
+                  last=info.step == info.total)
         bar.update(1)
         bar.set_postfix(loss=f"{info.loss:.4g}", refresh=False)
         check_interrupt()  # Cancel: raises; the trainer's and our cleanup run on the way out

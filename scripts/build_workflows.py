@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write the example workflows in ``workflows/`` (UI format: what the web UI saves and loads by
+"""Write the example workflows in ``example_workflows/`` (UI format: what the web UI saves and loads by
 drag and drop). Edit the graphs here and rerun; tests/test_workflows.py checks that the files are
 this script's output, that every node's slots and widget values fit the real node classes, that
 ComfyUI executes each of them, and that the real web UI loads them without a missing-node or
@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "workflows"
+OUT = ROOT / "example_workflows"
 CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 SEED = 1234
 TRAIN_STEPS = 1500  # the config default; the "fast" preset makes it ~10 min on a 12 GB GPU
@@ -366,7 +366,7 @@ def render(name: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true",
-                        help="exit 1 if a file in workflows/ differs from what this script writes")
+                        help="exit 1 if a file in example_workflows/ differs from what this script writes")
     args = parser.parse_args(argv)
     stale = []
     OUT.mkdir(exist_ok=True)

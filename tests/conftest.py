@@ -26,8 +26,47 @@ if str(TESTS_DIR) not in sys.path:  # so tests can `import comfy_host`
 #      UNLEARN_FIXTURE_CACHE (where built model files are cached).
 # ============================================================================================
 
+def comfyui_label() -> str:
+    """The test host's name, as test ids and the report header show it: ``comfyui-0.3.64`` (the
+    version file of ComfyUI 0.3 and later), ``comfyui-a28a9dc-2024-03`` (the bundled March-2024
+    copy, by its commit), else the folder's name. Read from files: nothing is booted."""
+    import json
+
+    from unlearn_testkit import comfy_host as ch
+
+    installer = ch._installer()
+    path = installer.comfyui_path()
+    version = installer.tree_version(path)
+    if version != "unknown":
+        return f"comfyui-{version}"
+    marker = installer.installed_marker(path) or {}
+    if marker.get("comfyui_commit") == installer.COMFYUI_COMMIT:
+        return f"comfyui-{installer.COMFYUI_COMMIT}-2024-03"
+    try:
+        return "comfyui-" + json.loads((path / installer.MARKER).read_text())["version"]
+    except (OSError, ValueError, KeyError):
+        return f"comfyui-{path.name}"
+
+
+def pytest_report_header(config):
+    return f"ComfyUI test host: {comfyui_label()}"
+
+
+def pytest_generate_tests(metafunc):
+    # Every test that boots the host carries the host's name in its id ("[comfyui-0.3.64]"), so
+    # a report from either host's run says which host each result is from.
+    if "comfyui" in metafunc.fixturenames:
+        metafunc.parametrize("comfyui", [comfyui_label()], indirect=True, scope="session")
+
+
 @pytest.fixture(scope="session")
-def comfy_host(tmp_path_factory):
+def comfyui(request) -> str:
+    """The label of the ComfyUI host this session tests (see comfyui_label)."""
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def comfy_host(comfyui, tmp_path_factory):
     """The real ComfyUI host for this session (installed on first use)."""
     import torch
     from unlearn_testkit import comfy_host as ch

@@ -40,6 +40,15 @@ def test_object_info_lists_every_node_with_its_inputs(comfy_server, comfy_host):
     assert info["UnlearnSaveLoRA"]["output_node"] is True
 
 
+def _progress_text(frame: bytes) -> dict | None:
+    """A binary websocket frame of ComfyUI 0.3.x's progress text (event type 3: a big-endian
+    uint32 type, a uint32 node-id length, the node id, the UTF-8 text), else None."""
+    if len(frame) < 8 or int.from_bytes(frame[:4], "big") != 3:
+        return None
+    n = int.from_bytes(frame[4:8], "big")
+    return {"node": frame[8:8 + n].decode(), "text": frame[8 + n:].decode()}
+
+
 async def _run_over_websocket(server, prompt: dict, stop_after: int | None = None,
                               timeout: float = 300.0) -> tuple[str, list[tuple[str, dict]]]:
     """POST the prompt, collect websocket messages until it finishes. ``stop_after``: press the
@@ -59,8 +68,13 @@ async def _run_over_websocket(server, prompt: dict, stop_after: int | None = Non
             interrupted = False
             while time.monotonic() < deadline:
                 msg = await ws.receive(timeout=deadline - time.monotonic())
+                if msg.type == aiohttp.WSMsgType.BINARY:
+                    text = _progress_text(msg.data)
+                    if text is not None:
+                        messages.append(("progress_text", text))
+                    continue  # other binary frames: previews
                 if msg.type != aiohttp.WSMsgType.TEXT:
-                    continue  # binary preview frames
+                    continue
                 data = json.loads(msg.data)
                 event, body = data["type"], data.get("data", {})
                 messages.append((event, body))
@@ -85,6 +99,13 @@ def test_prompt_runs_and_progress_arrives_on_the_websocket(comfy_server, comfy_h
                 if e == "progress" and d.get("node") == "20"]
     assert progress == [(1, 3), (2, 3), (3, 3)]
     assert not [d for e, d in messages if e == "execution_error"]
+    texts = [d["text"] for e, d in messages if e == "progress_text" and d["node"] == "20"]
+    if "def send_progress_text" in (comfy_host.comfy_dir / "server.py").read_text():
+        # 0.3.x shows a line under the node's bar: the step, the loss, the time left.
+        assert texts and texts[-1].startswith("step 3/3 · loss "), texts
+        assert texts[-1].endswith(" s left")
+    else:
+        assert texts == []
     executed = {d["node"] for e, d in messages if e == "executed"}
     assert "9" in executed  # SaveImage after the erased model
     history = comfy_server.get(f"/history/{prompt_id}")[prompt_id]

@@ -2,7 +2,9 @@
 ``chromium``): dropped onto the page as a file -- the drag-and-drop code path -- it loads with no
 missing-node or error dialog and no page error, every node is a known type, and the UI's own
 ``graphToPrompt`` gives the API prompt our Python conversion gives (so widget orders agree).
-A screenshot per workflow goes to ``test-artifacts/`` (gitignored).
+Both web UIs: the 2024 host's own (LiteGraph + ``app.ui.dialog``) and the separate frontend
+package of ComfyUI 0.3.x (Vue; its dialogs are PrimeVue ``.p-dialog`` elements).
+A screenshot per workflow and host goes to ``test-artifacts/`` (gitignored).
 
 Install the browser with ``scripts/install_browser.sh`` (``scripts/test.sh`` runs it); without
 one these tests skip and say so.
@@ -19,7 +21,7 @@ from unlearn_testkit.comfy_server import Browser, find_chromium
 
 pytestmark = pytest.mark.comfy
 
-WORKFLOWS = ch.REPO_ROOT / "workflows"
+WORKFLOWS = ch.REPO_ROOT / "example_workflows"
 FILES = sorted(p.name for p in WORKFLOWS.glob("*.json"))
 ARTIFACTS = ch.REPO_ROOT / "test-artifacts"
 
@@ -35,6 +37,7 @@ DROP = """
   }
   window.__dialogs = [];
   app.ui.dialog.close();
+  for (const close of document.querySelectorAll(".p-dialog .p-dialog-close-button")) close.click();
   app.graph.clear();
   const text = %(text)s;
   const file = new File([text], %(name)s, {type: "application/json"});
@@ -53,6 +56,7 @@ DROP = """
     count: app.graph._nodes.length,
     dialogs: window.__dialogs,
     dialogVisible: app.ui.dialog.element.style.display === "flex",
+    vueDialogs: [...document.querySelectorAll(".p-dialog")].map((d) => d.textContent.slice(0, 300)),
     missing: [...new Set(types)].filter((t) => !(t in LiteGraph.registered_node_types)),
     output: prompt.output,
   };
@@ -61,7 +65,7 @@ DROP = """
 
 FIT = """
 (async () => {
-  const menu = document.querySelector(".comfy-menu");  // the floating queue panel
+  const menu = document.querySelector(".comfy-menu");  // the 2024 UI's floating queue panel
   if (menu) menu.style.display = "none";
   const b = [Infinity, Infinity, -Infinity, -Infinity];
   for (const n of app.graph._nodes) {
@@ -82,6 +86,23 @@ FIT = """
   return s;
 })()
 """
+
+
+def page_errors(messages: list[str]) -> list[str]:
+    """The page's uncaught errors, less one of the stock 0.3.x frontend's own.
+
+    Frontend 1.27.10 registers its core settings one by one; the "Comfy.Canvas.NavigationMode"
+    setting's onChange writes "Comfy.Canvas.LeftMouseClickBehavior" before that one is
+    registered, and the store's onChange reads ``setting.id`` of undefined. It happens on every
+    page load, with ``--disable-all-custom-nodes`` as well, so it says nothing about this pack.
+    Only that exact signature is dropped: the message, raised in ``onChange`` under
+    ``addSetting``.
+    """
+    def stock(m: str) -> bool:
+        return (m.startswith("TypeError: Cannot read properties of undefined (reading 'id')")
+                and "at onChange" in m and "addSetting" in m)
+
+    return [m for m in messages if not stock(m)]
 
 
 @pytest.fixture(scope="module")
@@ -112,11 +133,11 @@ def test_web_ui_knows_our_nodes(page):
                                    "UnlearnApplyErasure", "UnlearnCLIPLoader", "UnlearnCLIPScore",
                                    "UnlearnDirectionalSimilarity", "UnlearnProbe",
                                    "UnlearnReport"])
-    assert browser.exceptions == []
+    assert page_errors(browser.exceptions) == []
 
 
 @pytest.mark.parametrize("name", FILES)
-def test_workflow_loads_in_the_web_ui_without_errors(page, comfy_host, name):
+def test_workflow_loads_in_the_web_ui_without_errors(page, comfy_host, comfyui, name):
     loop, browser = page
     text = (WORKFLOWS / name).read_text()
     workflow = json.loads(text)
@@ -124,14 +145,15 @@ def test_workflow_loads_in_the_web_ui_without_errors(page, comfy_host, name):
     got = loop.run_until_complete(browser.evaluate(
         DROP % {"text": json.dumps(text), "name": json.dumps(name)}))
     loop.run_until_complete(browser.evaluate(FIT))
-    shot = loop.run_until_complete(browser.screenshot(ARTIFACTS / f"ui_{name[:-5]}.png"))
+    shot = loop.run_until_complete(browser.screenshot(ARTIFACTS / f"ui_{comfyui}_{name[:-5]}.png"))
     loop.run_until_complete(browser.evaluate(
-        "document.querySelector('.comfy-menu').style.display = ''"))
+        "{const m = document.querySelector('.comfy-menu'); if (m) m.style.display = '';}"))
     assert shot.stat().st_size > 10_000
     assert got["missing"] == [], got["missing"]
     assert got["dialogs"] == [] and not got["dialogVisible"], got["dialogs"]
+    assert got["vueDialogs"] == [], got["vueDialogs"]
     assert got["count"] == len(workflow["nodes"])
-    assert browser.exceptions[errors_before[0]:] == []
+    assert page_errors(browser.exceptions[errors_before[0]:]) == []
     assert browser.console_errors[errors_before[1]:] == []
     # The UI's own conversion equals ours: every widget value lands on the input we expect.
     ours = ch.workflow_to_prompt(workflow, comfy_host.node_classes)
@@ -139,3 +161,21 @@ def test_workflow_loads_in_the_web_ui_without_errors(page, comfy_host, name):
               for k, v in got["output"].items()}
     assert theirs == {k: {"class_type": v["class_type"], "inputs": v["inputs"]}
                       for k, v in ours.items()}
+
+
+def test_templates_browser_lists_every_example_workflow(comfy_server):
+    """ComfyUI 0.3.x's Templates browser shows a pack's ``example_workflows/``: the frontend asks
+    ``/api/workflow_templates`` for the names and fetches each file from
+    ``/api/workflow_templates/<pack>/<name>.json``. The 2024 host has no such browser."""
+    import urllib.error
+
+    try:
+        listed = comfy_server.get("/api/workflow_templates")
+    except urllib.error.HTTPError as e:
+        if e.code == 404:
+            pytest.skip("this host has no Templates browser (/api/workflow_templates is 404)")
+        raise
+    assert sorted(listed.get(ch.PACK_DIR_NAME, [])) == sorted(n[:-5] for n in FILES)
+    for name in FILES:
+        served = comfy_server.get(f"/api/workflow_templates/{ch.PACK_DIR_NAME}/{name}")
+        assert served == json.loads((WORKFLOWS / name).read_text()), name
