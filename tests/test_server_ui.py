@@ -179,3 +179,17 @@ def test_templates_browser_lists_every_example_workflow(comfy_server):
     for name in FILES:
         served = comfy_server.get(f"/api/workflow_templates/{ch.PACK_DIR_NAME}/{name}")
         assert served == json.loads((WORKFLOWS / name).read_text()), name
+
+
+def test_a_missing_node_is_noticed(page):
+    """The checks above can fail: a workflow with an unknown node type is seen as missing and
+    brings up the web UI's missing-node dialog (the 2024 UI's own, or 0.3.x's PrimeVue one)."""
+    loop, browser = page
+    workflow = json.loads((WORKFLOWS / FILES[0]).read_text())
+    workflow["nodes"][0]["type"] = "UnlearnNoSuchNode"
+    text = json.dumps(workflow)
+    got = loop.run_until_complete(browser.evaluate(
+        DROP % {"text": json.dumps(text), "name": json.dumps("missing.json")}))
+    assert got["missing"] == ["UnlearnNoSuchNode"]
+    shown = got["dialogs"] + got["vueDialogs"]
+    assert any("UnlearnNoSuchNode" in d for d in shown), shown
