@@ -1,25 +1,8 @@
-"""The ComfyUI nodes of the Unlearn pack (issues 4, 5, 7). Registered by the root ``__init__.py``.
+"""The ComfyUI nodes of the Unlearn pack; the root ``__init__.py`` registers them from
+``nodes.registry`` when ComfyUI is there.
 
-``host`` is the only module here that imports ComfyUI; the node modules map widgets to a config,
-make one core call and return outputs. The measuring nodes load separately: if they fail to import
-(say, a missing optional dependency), the erase nodes still register and the console says why.
+``host`` is the only module here that imports ComfyUI, and nothing imports it at import time
+(``lazy_host``): every other module -- the node classes, widgets to config, plots, presets -- imports
+without ComfyUI, so it is tested in milliseconds. A node's execute maps widgets to a config, makes
+one host call and returns outputs.
 """
-
-import logging
-
-from . import erase, erasure_io
-
-NODE_CLASS_MAPPINGS: dict = {**erase.NODE_CLASS_MAPPINGS, **erasure_io.NODE_CLASS_MAPPINGS}
-NODE_DISPLAY_NAME_MAPPINGS: dict = {
-    **erase.NODE_DISPLAY_NAME_MAPPINGS, **erasure_io.NODE_DISPLAY_NAME_MAPPINGS,
-}
-
-try:
-    from . import metrics
-except Exception:  # any import failure: keep the erase nodes, report the cause
-    logging.getLogger(__name__).exception("Unlearn: the measuring nodes could not be loaded")
-else:
-    NODE_CLASS_MAPPINGS.update(metrics.NODE_CLASS_MAPPINGS)
-    NODE_DISPLAY_NAME_MAPPINGS.update(metrics.NODE_DISPLAY_NAME_MAPPINGS)
-
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

@@ -24,7 +24,7 @@ from ..unlearn_core.conditioning import Conditioning
 from ..unlearn_core.config import EraseConfig, config_fields
 from ..unlearn_core.errors import ConfigError
 from ..unlearn_core.prompts import check_config_prompts, trajectory_prompt
-from . import host
+from .lazy_host import host
 from .plot import loss_plot
 from .presets import USE_CASE_HELP, USE_CASES
 from .widgets import build_config, concepts_problem, field_input, lines, node_defaults

@@ -17,7 +17,7 @@ from typing import Any
 from ..unlearn_core.delta import check_strength
 from ..unlearn_core.errors import ConfigError, OutputExistsError
 from ..unlearn_core.files import compress_deltas, save_erasure, svd_metadata
-from . import host
+from .lazy_host import host
 from .erase import CATEGORY, ERASURE
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ import torch
 from ..unlearn_core.config import _check_field
 from ..unlearn_core.errors import ConfigError
 from ..unlearn_core.metrics.config import ProbeConfig, ReportConfig, parse_psis, parse_seeds
-from . import host
+from .lazy_host import host
 from .widgets import field_input
 
 CATEGORY = "unlearn/measure"

@@ -33,7 +33,29 @@ def test_core_never_imports_the_host():
 def test_only_one_node_module_touches_the_host():
     files = list((ROOT / "nodes").rglob("*.py"))
     touching = [p.name for p in files if imported_roots(p) & {"comfy", "folder_paths"}]
-    assert len(touching) <= 1, touching
+    assert touching == ["host.py"]
+
+
+PURE_NODE_MODULES = sorted(p.stem for p in (ROOT / "nodes").glob("*.py")
+                           if p.stem not in ("host", "__init__"))
+
+
+def test_every_node_module_but_host_imports_without_comfyui():
+    """The node classes, widgets, plots, presets: importable (and so testable) with no ComfyUI
+    anywhere -- ``host`` loads only when a node runs."""
+    assert {"erase", "erasure_io", "metrics", "registry", "widgets", "plot"} <= set(PURE_NODE_MODULES)
+    code = (
+        "import sys; sys.path.insert(0, 'tests');"
+        "from unlearn_testkit.pack import offline_module, PACKAGE;"
+        f"[offline_module('nodes.' + m) for m in {PURE_NODE_MODULES!r}];"
+        "reg = offline_module('nodes.registry');"
+        "assert len(reg.NODE_CLASS_MAPPINGS) == 10, sorted(reg.NODE_CLASS_MAPPINGS);"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('comfy', 'folder_paths', 'comfy_extras', 'execution', 'server'));"
+        "assert not bad, bad;"
+        "assert PACKAGE + '.nodes.host' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
 def test_losses_import_without_comfyui():
