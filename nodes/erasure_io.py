@@ -17,8 +17,8 @@ from typing import Any
 from ..unlearn_core.delta import check_strength
 from ..unlearn_core.errors import ConfigError, OutputExistsError
 from ..unlearn_core.files import compress_deltas, save_erasure, svd_metadata
-from .lazy_host import host
 from .erase import CATEGORY, ERASURE
+from .lazy_host import host
 
 log = logging.getLogger(__name__)
 
