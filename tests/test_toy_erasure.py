@@ -10,8 +10,10 @@ import torch
 
 from unlearn_core.cli import main
 from unlearn_core.toyworld import load_judges, load_toy_model
+from unlearn_core.toyworld.bench import QUICK, QUICK_SETTINGS
 from unlearn_core.toyworld.erasure import erase_toy, toy_config
 from unlearn_core.toyworld.evaluate import evaluate, retention_ratio, split_prompts
+from unlearn_core.toyworld.settings import AXES
 
 
 @pytest.fixture(scope="module")
@@ -50,31 +52,60 @@ def test_uce_erases_a_shape(world):
     assert after.efficacy < before.efficacy
 
 
-def test_demo_writes_grid_and_summary_and_refuses_to_overwrite(tmp_path, capsys):
+@pytest.mark.parametrize("concept", ["cross", "red", "solid"])  # a shape, a colour, a texture
+def test_demo_runs_for_every_kind_of_concept(concept, tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--steps", "20", "--out", str(out)]) == 0
+    assert main(["demo", "--concept", concept, "--steps", "3", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "efficacy" in text and "retention" in text and "CLIP score" in text
+    # scores of the weights being trained are printed during training, not only at the end
+    assert "step 1/3, weights being trained: still judged" in text
+    assert text.index("weights being trained") < text.index("erasure returned")
     summary = json.loads((out / "summary.json").read_text())
-    for key in ("efficacy", "retention", "base_accuracy", "uncond_rate", "seconds", "config"):
+    for key in ("efficacy", "retention", "base_accuracy", "uncond_rate", "seconds", "config",
+                "threads"):
         assert key in summary, key
     assert set(summary["base_accuracy"]) == {"shape", "colour", "texture"}
-    assert summary["config"]["steps"] == 20
+    assert summary["config"]["steps"] == 3 and summary["config"]["concepts"] == [concept]
+    assert summary["threads"] == 1  # the toy model is small: one thread unless asked otherwise
     from PIL import Image
 
     assert Image.open(out / "grid.png").size[0] > 200
-    stamp = (out / "summary.json").stat().st_mtime_ns
-    assert main(["demo", "--steps", "20", "--out", str(out)]) == 2
-    assert "--overwrite" in capsys.readouterr().err
-    assert (out / "summary.json").stat().st_mtime_ns == stamp
+    if concept == "cross":
+        stamp = (out / "summary.json").stat().st_mtime_ns
+        assert main(["demo", "--steps", "3", "--out", str(out)]) == 2
+        assert "--overwrite" in capsys.readouterr().err
+        assert (out / "summary.json").stat().st_mtime_ns == stamp
 
 
-def test_bench_quick_writes_table_json_and_plot(tmp_path):
+@pytest.mark.parametrize("concept", [c for axis in AXES.values() for c in axis])
+def test_demo_grid_rows_come_from_the_sets_and_vary(concept):
+    from unlearn_core.toyworld.demo import GRID_ROWS, varied_prompts
+
+    for prompt_set in split_prompts([concept]):
+        rows = varied_prompts(prompt_set)
+        assert len(rows) == min(GRID_ROWS, len(prompt_set)) and len(set(rows)) == len(rows)
+        assert all(r in prompt_set.prompts for r in rows)
+    erased, _ = split_prompts([concept])
+    labels = erased.labels()
+    picked = [erased.prompts.index(r) for r in varied_prompts(erased)]
+    for axis in AXES:  # the axes that vary inside the erased set vary between the rows
+        if len(set(labels[axis].tolist())) >= GRID_ROWS:
+            assert len({int(labels[axis][i]) for i in picked}) == GRID_ROWS, (concept, axis)
+
+
+def test_bench_quick_erases_and_writes_table_json_and_plot(tmp_path):
     out = tmp_path / "bench"
     assert main(["bench", "--quick", "--out", str(out)]) == 0
     table = (out / "bench.md").read_text()
     assert "| shape | train | l2 | sdd |" in table and "| shape | uce |" in table
-    runs = json.loads((out / "bench.json").read_text())["runs"]
-    assert {r["method"] for r in runs} == {"train", "uce"}
-    assert all(0 <= r["efficacy"] <= 1 and r["retention"] > 0 for r in runs)
+    data = json.loads((out / "bench.json").read_text())
+    assert {r["method"] for r in data["runs"]} == {"train", "uce"}
+    (run,) = [r for r in data["runs"] if r["method"] == "train"]
+    untouched = data["baselines"]["shape"]["efficacy"]
+    # the quick setting erases: a clear drop from the untouched model, retention kept
+    assert run["efficacy"] <= untouched - 0.5, (untouched, run["efficacy"])
+    assert run["retention"] >= 0.85
+    assert run["config"]["steps"] == QUICK["steps"]
+    assert {k: run["config"][k] for k in QUICK_SETTINGS} == QUICK_SETTINGS
     assert (out / "bench.png").stat().st_size > 1000

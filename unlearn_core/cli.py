@@ -4,18 +4,26 @@
 or diff file. Its flags are the fields of ``EraseConfig`` with their own help text. Other
 subcommands (demo, bench, score, probe) live beside the code they drive and are registered in
 ``SUBCOMMANDS``; each module offers ``add_arguments(parser)`` and ``run(args) -> int``.
+
+Parsing is torch-free: ``--help`` and argument errors answer in a fraction of a second, and each
+subcommand imports torch, diffusers or open_clip only when it runs. A failure the user can cause
+ends in one line naming the input and the fix, with exit code 2; ``--debug`` (or
+``UNLEARN_DEBUG=1``) prints the traceback as well.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 
 from .config import PRESETS, EraseConfig, config_fields
-from .errors import UnlearnError
+from .devices import DEVICE_HELP, resolve_device
+from .errors import ConfigError, UnlearnError
 
 # name -> (module, one-line help). Modules are imported only when their subcommand runs.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -27,6 +35,24 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+DEBUG_ENV = "UNLEARN_DEBUG"
+DEBUG_HELP = f"on an error, print the full traceback too (or set {DEBUG_ENV}=1)"
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows "(default: X)" where a flag has a default worth showing, not "(default: None)"."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or "(default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _escape(text: str) -> str:
+    """Help text that argparse shows as written (argparse %-formats help strings)."""
+    return text.replace("%", "%%")
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
     """One flag per EraseConfig field, named after it, with the field's help text."""
     for name, f in config_fields().items():
@@ -34,7 +60,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, skip: Sequence[str] = 
             continue
         flag = "--" + name.replace("_", "-")
         meta = f.metadata
-        help_text = meta["help"] + f" (default: {f.default!r})"
+        help_text = _escape(meta["help"] + f" (default: {f.default!r})")
         if isinstance(f.default, tuple):
             single = "--" + ("concept" if name == "concepts" else name.replace("_", "-")[:-1])
             parser.add_argument(single, dest=name, action="append", default=None,
@@ -61,13 +87,13 @@ def config_from_args(args: argparse.Namespace, **overrides) -> EraseConfig:
 
 def _erase_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("erase", help="erase concepts from a local SD-1.x model; write a LoRA file",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=HelpFormatter)
     p.add_argument("--model", required=True, help="local diffusers-format SD-1.x folder")
     p.add_argument("--output", required=True, help="the .safetensors file to write")
     p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     p.add_argument("--svd-rank", type=int, default=0,
                    help="with --parametrization full: compress the delta into a LoRA of this rank")
-    p.add_argument("--device", default="auto", help="cpu, cuda, or auto")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--preset", choices=list(PRESETS), default=None,
                    help="named settings under the flags you give: sdd-paper = the official SDD "
                         "loop (50-step trajectories, batch 1, slow); fast = the defaults; "
@@ -76,7 +102,6 @@ def _erase_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_erase(args: argparse.Namespace) -> int:
-    import torch
     from tqdm import tqdm
 
     from .conditioning import encode_conditioning
@@ -88,14 +113,14 @@ def run_erase(args: argparse.Namespace) -> int:
 
     # Everything cheap first: config, output path, model folder, prompt lengths (the tokenizer),
     # the LoRA rank against the layer sizes (unet/config.json). Then load.
+    device = resolve_device(args.device)
     config = config_from_args(args)
     out = check_output_path(args.output, args.overwrite, "--output")
     if args.svd_rank < 0:
-        raise UnlearnError(f"--svd-rank = {args.svd_rank}: must be >= 0. Fix: give 0 (off) or a rank.")
+        raise ConfigError("--svd-rank", args.svd_rank, "must be >= 0", "give 0 (off) or a rank")
     check_sd1_folder(args.model)
     check_config_prompts(config, token_counter(load_tokenizer(args.model)))
     check_training_layers(args.model, config)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     start = time.perf_counter()
     pipe = SD1Pipeline(args.model, device=device)
     cond = encode_conditioning(pipe.encode, config, pipe.last_token, pipe.count_tokens)
@@ -137,33 +162,57 @@ def run_erase(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unlearn", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _erase_parser(sub)
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         module = importlib.import_module(module_name)
-        p = sub.add_parser(name, help=help_text,
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        p = sub.add_parser(name, help=help_text, description=help_text,
+                           formatter_class=HelpFormatter)
         module.add_arguments(p)
         p.set_defaults(_module=module)
+    for p in sub.choices.values():  # --debug after the subcommand too
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     return parser
+
+
+def describe_failure(error: BaseException) -> tuple[str, int]:
+    """(one-line message, exit code) for an error that reached the command line.
+
+    2: the input or the machine (a bad value, an unreadable file, no memory); 1: anything else,
+    which is a bug in unlearn, not something the user did.
+    """
+    if isinstance(error, UnlearnError):
+        return str(error), 2
+    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
+        return ("out of memory. Fix: a smaller --resolution or --batch-size, "
+                "--gradient-checkpointing, --parametrization lora, or --device cpu"), 2
+    if isinstance(error, OSError):
+        where = f"{error.filename}: " if error.filename else ""
+        what = error.strerror or str(error)
+        return f"{where}{what}. Fix: check the path, its permissions and the free disk space", 2
+    return (f"unexpected {type(error).__name__}: {error}. This is a bug in unlearn, not in your "
+            f"input; run again with --debug and report the traceback"), 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    debug = args.debug or os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
     try:
         if args.command == "erase":
             return run_erase(args)
         return int(args._module.run(args) or 0)
-    except UnlearnError as e:
-        print(f"unlearn {args.command}: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("cancelled; nothing was written", file=sys.stderr)
         return 130
+    except Exception as e:
+        if debug:
+            traceback.print_exc()
+        message, code = describe_failure(e)
+        print(f"unlearn {args.command}: error: {message}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":
     sys.exit(main())
-
-

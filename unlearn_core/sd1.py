@@ -30,13 +30,26 @@ def check_sd1_folder(path: str | Path) -> dict:
         raise ConfigError("model", str(root), "no unet/config.json inside: not a diffusers-format "
                           "model folder", "give the folder that holds unet/, text_encoder/, "
                           "tokenizer/ (e.g. a local copy of stable-diffusion-v1-4)")
-    cfg = json.loads(cfg_path.read_text())
+    cfg = read_json(cfg_path)
     check_sd1_config(cfg, str(root))
     for sub in ("text_encoder", "tokenizer"):
         if not (root / sub).is_dir():
             raise ConfigError("model", str(root), f"missing the {sub}/ folder",
                               "use a complete diffusers-format SD-1.x folder")
     return cfg
+
+
+def read_json(path: Path) -> dict:
+    """A config file of the model folder; unreadable or not a JSON object -> ModelError."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ModelError(f"{path}: not valid JSON ({e}). Fix: the model folder is damaged; copy "
+                         "or convert it again") from e
+    if not isinstance(data, dict):
+        raise ModelError(f"{path}: holds a {type(data).__name__}, not a JSON object. Fix: the model "
+                         "folder is damaged; copy or convert it again")
+    return data
 
 
 def check_sd1_config(cfg: dict, where: str) -> None:
@@ -98,12 +111,28 @@ def scheduler_alphas(root: Path) -> torch.Tensor:
     path = root / "scheduler" / "scheduler_config.json"
     if not path.is_file():
         return scaled_linear_alphas_cumprod()
-    cfg = json.loads(path.read_text())
+    cfg = read_json(path)
     if cfg.get("beta_schedule", "scaled_linear") != "scaled_linear":
         raise ModelError(f"{path}: beta_schedule {cfg.get('beta_schedule')!r}; SD-1.x uses "
                          "scaled_linear")
     return scaled_linear_alphas_cumprod(cfg.get("num_train_timesteps", 1000),
                                         cfg.get("beta_start", 0.00085), cfg.get("beta_end", 0.012))
+
+
+def load_component(root: Path, sub: str, load):
+    """``load()`` one part of the model folder (``sub``: unet, text_encoder, ...); a damaged,
+    truncated or foreign file becomes a ModelError naming the folder and the fix."""
+    try:
+        return load()
+    except MemoryError:
+        raise
+    except Exception as e:  # safetensors, torch, diffusers and transformers each raise their own
+        if type(e).__name__ == "OutOfMemoryError":
+            raise
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"{root / sub}: could not be loaded ({type(e).__name__}: {reason[:300]}). "
+                         f"Fix: the files in {sub}/ are damaged, incomplete or not SD-1.x weights; "
+                         "copy or convert the model folder again") from e
 
 
 class SD1Pipeline:
@@ -115,13 +144,14 @@ class SD1Pipeline:
 
         root = Path(path)
         check_sd1_folder(root)
-        unet = UNet2DConditionModel.from_pretrained(root / "unet", local_files_only=True,
-                                                    torch_dtype=dtype)
+        unet = load_component(root, "unet", lambda: UNet2DConditionModel.from_pretrained(
+            root / "unet", local_files_only=True, torch_dtype=dtype))
         self.denoiser = DiffusersDenoiser(unet.to(device).eval(), scheduler_alphas(root))
-        self.tokenizer = CLIPTokenizer.from_pretrained(root / "tokenizer", local_files_only=True)
+        self.tokenizer = load_component(root, "tokenizer", lambda: CLIPTokenizer.from_pretrained(
+            root / "tokenizer", local_files_only=True))
         self.count_tokens = token_counter(self.tokenizer)
-        self.text_encoder = CLIPTextModel.from_pretrained(
-            root / "text_encoder", local_files_only=True, torch_dtype=dtype).to(device).eval()
+        self.text_encoder = load_component(root, "text_encoder", lambda: CLIPTextModel.from_pretrained(
+            root / "text_encoder", local_files_only=True, torch_dtype=dtype)).to(device).eval()
         self.device = device
 
     @torch.no_grad()

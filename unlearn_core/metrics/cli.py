@@ -14,6 +14,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..devices import DEVICE_HELP, check_device, resolve_device
 from ..errors import ConfigError
 
 TOY_ARCH = "unlearn-toy-clip"
@@ -71,7 +72,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    'what the concept should become; "" for the empty prompt)')
     add_clip_arguments(p)
     p.add_argument("--batch-size", type=int, default=32, help="images per CLIP batch")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--device", default="cpu", help=DEVICE_HELP)
     p.add_argument("--json", default=None, help="also write the scores to this JSON file")
 
 
@@ -93,7 +94,10 @@ def run(args: argparse.Namespace) -> int:
     from .clip_score import check_template, clip_score
     from .images import image_files
 
+    check_device(args.device)
     check_template(args.template)
+    if args.batch_size < 1:
+        raise ConfigError("--batch-size", args.batch_size, "must be 1 or more", "give a positive count")
     paths = image_files(args.images)
     if not paths:
         raise ConfigError("images", args.images, "no image files found", "give image files or folders")
@@ -103,6 +107,9 @@ def run(args: argparse.Namespace) -> int:
     if args.prompt is not None:
         prompts = [args.prompt] * len(paths)
     else:
+        if not Path(args.prompt_file).is_file():
+            raise ConfigError("--prompt-file", args.prompt_file, "the file does not exist",
+                              "give a text file with one prompt per line")
         prompts = [line.strip() for line in Path(args.prompt_file).read_text().splitlines() if line.strip()]
         if len(prompts) != len(paths):
             raise ConfigError("--prompt-file", len(prompts), f"{len(paths)} images need as many prompts",
@@ -115,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         if len(before_paths) != len(paths):
             raise ConfigError("--before", len(before_paths), f"{len(paths)} images need as many "
                               "before images", "pair every image with its before image")
-    clip = load_clip_from_args(args, args.device)
+    clip = load_clip_from_args(args, resolve_device(args.device))
     size = tuple(clip.info["image_size"])
     images = _load_batch(paths, size)
     scores = clip_score(clip, images, prompts, args.template, args.batch_size)

@@ -49,9 +49,20 @@ def image_files(paths: Sequence[str | Path]) -> list[Path]:
 
 
 def load_image(path: str | Path) -> Tensor:
-    """(3, H, W) in [0, 1] from an image file."""
-    with Image.open(path) as img:
-        return from_pil(img)
+    """(3, H, W) in [0, 1] from an image file. A file that is not a readable image raises
+    ConfigError naming it."""
+    from ..errors import ConfigError
+
+    try:
+        with Image.open(path) as img:
+            return from_pil(img)
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        raise  # the path's problem, reported as such
+    except (OSError, ValueError, SyntaxError) as e:
+        # not an image: UnidentifiedImageError (an OSError); truncated data: OSError; some
+        # malformed headers: SyntaxError
+        raise ConfigError("image", str(path), f"not an image Pillow can read ({e})",
+                          f"give image files ({', '.join(IMAGE_SUFFIXES)}), or remove this one") from e
 
 
 def _font(size: int) -> ImageFont.ImageFont:

@@ -20,7 +20,9 @@ import json
 import sys
 from pathlib import Path
 
+from ..devices import DEVICE_HELP, check_device, resolve_device
 from ..errors import ConfigError
+from ..threads import THREADS_HELP, check_threads
 from .cli import add_clip_arguments, load_clip_from_args
 from .config import ProbeConfig, ReportConfig
 
@@ -55,9 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retained", action="append", default=None,
                    help="also write the before/after report, with this retained prompt (repeat)")
     p.add_argument("--resolution", type=int, default=512, help="SD: image size in pixels")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--threads", type=int, default=0,
-                   help="CPU threads for torch (0 = torch's default; 1 is fastest on a busy machine)")
+    p.add_argument("--device", default="cpu", help=DEVICE_HELP + "; the toy world runs on the CPU")
+    p.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
     p.add_argument("--output", default=None, help="folder for the images and the JSON/markdown")
 
 
@@ -79,14 +80,15 @@ class _SDWorld:
         import torch
         from diffusers import AutoencoderKL
 
-        from ..sd1 import SD1Pipeline
+        from ..sd1 import SD1Pipeline, load_component
 
         if resolution % 8:
             raise ConfigError("--resolution", resolution, "must be a multiple of 8", "use e.g. 512")
         pipe = SD1Pipeline(path, device=device)
         self.denoiser = pipe.denoiser
         self.encode = pipe.encode
-        self.vae = AutoencoderKL.from_pretrained(Path(path) / "vae", local_files_only=True).to(device).eval()
+        self.vae = load_component(Path(path), "vae", lambda: AutoencoderKL.from_pretrained(
+            Path(path) / "vae", local_files_only=True)).to(device).eval()
         self.latent_shape = (4, resolution // 8, resolution // 8)
         self._torch = torch
 
@@ -100,14 +102,13 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
+    from ..threads import parameter_count, set_threads
     from .generation import DeltaErasure
     from .images import save_png
     from .probe import partial_diffusion_probe
 
-    if args.threads < 0:
-        raise ConfigError("--threads", args.threads, "must be >= 0", "give 0 (default) or a count")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    check_threads(args.threads)
+    check_device(args.device)
     toy = args.model is None
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(ProbeConfig)
               if f.name != "concept" and getattr(args, f.name, None) is not None}
@@ -128,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
     if not toy and args.clip_weights is None:
         raise ConfigError("--clip-weights", None, "SD-1's text encoder has no projection head, so the "
                           "probe needs a separate CLIP model", "give --clip-arch and --clip-weights")
+    device = resolve_device(args.device)
     if args.output:
         Path(args.output).mkdir(parents=True, exist_ok=True)
 
@@ -138,9 +140,10 @@ def run(args: argparse.Namespace) -> int:
         encode, decode, latent_shape = world.encode, world.decode, world.latent_shape
         denoiser = world.denoiser
     else:
-        world = _SDWorld(args.model, args.device, args.resolution)
+        world = _SDWorld(args.model, device, args.resolution)
         encode, decode, latent_shape = world.encode, world.decode, world.latent_shape
         denoiser = world.denoiser
+    set_threads(args.threads, parameter_count(denoiser.module))
 
     if args.erasure is not None:
         from ..files import load_erasure
@@ -161,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
     if args.scorer == "clip" or (args.scorer == "auto" and not toy):
         from .scorers import ClipScorer
 
-        scorer = ClipScorer(load_clip_from_args(args, args.device), args.template)
+        scorer = ClipScorer(load_clip_from_args(args, device), args.template)
     else:
         from .toy import toy_judge_scorer
 
@@ -173,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
                                   "--scorer clip")
             from .scorers import ClipScorer
 
-            scorer = ClipScorer(load_clip_from_args(args, args.device), args.template)
+            scorer = ClipScorer(load_clip_from_args(args, device), args.template)
 
     emb = encode([config.concept, ""])
     bar = tqdm(total=1, desc="probe", unit="step")

@@ -1,4 +1,4 @@
-"""The toy world: a small, honest world in which an erasure can be measured on CPU (DESIGN §5).
+"""The toy world: a small, honest world in which an erasure can be measured on CPU.
 
 Procedural 16x16 images of shapes x colours x textures with captions (``dataset``), a tiny
 text-to-image model whose UNet is diffusers' ``UNet2DConditionModel`` (``model``), judges that say
@@ -16,26 +16,41 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from .dataset import AXES, COLOURS, SHAPES, TEXTURES, ToyBatch, caption, make_batch, make_rejects
-from .generation import PromptSet, accuracy, all_prompts, generate, initial_noise, judged_accuracy
+from .. import _lazy
 from .hashes import ASSETS_DIR, asset_path
-from .judges import JUDGE_CLASSES, NONE, Judge, judge, judge_probs
-from .model import ToyModel, WordTokenizer
+from .settings import AXES, COLOURS, SHAPES, TEXTURES
 
 TOY_MODEL_FILE = "toy_model.safetensors"
 JUDGES_FILE = "judges.safetensors"
 TINY_CLIP_FILE = "tiny_clip.safetensors"
 
+# public name -> submodule that defines it; imported on first use (torch)
+_EXPORTS: dict[str, str] = {
+    **dict.fromkeys(("ToyBatch", "caption", "make_batch", "make_rejects"), "dataset"),
+    **dict.fromkeys(("PromptSet", "accuracy", "all_prompts", "generate", "initial_noise",
+                     "judged_accuracy"), "generation"),
+    **dict.fromkeys(("JUDGE_CLASSES", "NONE", "Judge", "judge", "judge_probs"), "judges"),
+    **dict.fromkeys(("ToyModel", "WordTokenizer"), "model"),
+}
+
 __all__ = [
-    "AXES", "COLOURS", "JUDGE_CLASSES", "NONE", "SHAPES", "TEXTURES", "ASSETS_DIR",
-    "Judge", "PromptSet", "ToyBatch", "ToyModel", "WordTokenizer",
-    "accuracy", "all_prompts", "caption", "generate", "initial_noise", "judge", "judge_probs",
-    "judged_accuracy", "load_judges", "load_tiny_clip", "load_toy_model", "make_batch",
-    "make_rejects",
+    "ASSETS_DIR", "AXES", "COLOURS", "JUDGE_CLASSES", "Judge", "NONE", "PromptSet", "SHAPES",
+    "TEXTURES", "ToyBatch", "ToyModel", "WordTokenizer", "accuracy", "all_prompts", "caption",
+    "generate", "initial_noise", "judge", "judge_probs", "judged_accuracy", "load_judges",
+    "load_tiny_clip", "load_toy_model", "make_batch", "make_rejects"
 ]
+
+if TYPE_CHECKING:
+    import torch
+
+    from .dataset import ToyBatch, caption, make_batch, make_rejects
+    from .generation import PromptSet, accuracy, all_prompts, generate, initial_noise, judged_accuracy
+    from .judges import JUDGE_CLASSES, NONE, Judge, judge, judge_probs
+    from .model import ToyModel, WordTokenizer
+
+__getattr__, __dir__ = _lazy.install(__name__, _EXPORTS)
 
 
 def load_toy_model(path: str | Path | None = None, verify: bool = False) -> ToyModel:

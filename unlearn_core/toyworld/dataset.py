@@ -21,10 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-SHAPES = ("circle", "square", "triangle", "cross")
-COLOURS = ("red", "green", "blue", "yellow")
-TEXTURES = ("solid", "striped", "dotted")
-AXES = {"shape": SHAPES, "colour": COLOURS, "texture": TEXTURES}
+from .settings import AXES, COLOURS, SHAPES, TEXTURES  # noqa: F401 (AXES: importable from here too)
 
 IMAGE_SIZE = 16
 DIM = 0.3  # brightness of a textured shape's pixels between stripes / dots

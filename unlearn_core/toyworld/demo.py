@@ -14,21 +14,30 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError, OutputExistsError
-from .erasure import TOY_SETTINGS, erase_toy, toy_config
-from .evaluate import concept_axis, evaluate, retention_ratio, uncond_rate
+from ..threads import THREADS_HELP, check_threads
+from .settings import AXES, TOY_SETTINGS
+
+if TYPE_CHECKING:
+    import torch
+
+    from .generation import PromptSet
 
 GRID_SEEDS = (0, 1, 2)
-# Evaluation sizes: 24 generations of erased prompts, 36 of retained ones, 48 unconditional.
+GRID_ROWS = 3  # erased and kept prompts each
+# Evaluation sizes: 2 generations per erased caption, 1 per retained caption, 48 unconditional.
 EVAL = dict(repeats=2, retained_repeats=1)
+# Scores while training: at these fractions of the steps, on one image per erased caption and
+# RETAINED_CHECK retained captions (about 2 s each on one core).
+CHECKPOINTS = (1 / 3, 2 / 3)
+RETAINED_CHECK = 8
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--concept", default="cross", help="toy concept to erase (a shape, colour or "
-                   "texture word, e.g. cross, circle, red, striped)")
+    words = "; ".join(f"{axis}: {', '.join(values)}" for axis, values in AXES.items())
+    p.add_argument("--concept", default="cross", help=f"toy concept to erase ({words})")
     p.add_argument("--loss", default="l2", help="l2, jensen_shannon, cramer_wold, "
                    "jensen_shannon_gaussian")
     p.add_argument("--objective", default="sdd", help="sdd or esd")
@@ -38,7 +47,85 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("unlearn-demo"), help="output folder")
     p.add_argument("--overwrite", action="store_true",
                    help="replace grid.png/summary.json in --out if they exist")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    p.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
+
+
+def varied_prompts(prompts: PromptSet, k: int = GRID_ROWS) -> list[str]:
+    """Up to ``k`` prompts of the set, each differing from those already picked on as many axes
+    as it can (colour and texture for a shape, ...), so a grid shows what else an erasure kept.
+    Works for a set of any size, in the set's order."""
+    labels = prompts.labels()
+    chosen: list[int] = []
+    for _ in range(min(k, len(prompts))):
+        def novelty(i: int) -> tuple[int, int]:
+            differs = sum(all(int(labels[a][i]) != int(labels[a][j]) for j in chosen) for a in labels)
+            return differs, -i
+
+        chosen.append(max((i for i in range(len(prompts)) if i not in chosen), key=novelty))
+    return [prompts.prompts[i] for i in sorted(chosen)]
+
+
+class TrainingMonitor:
+    """Efficacy, retention and CLIP score of the weights being trained, at a few steps.
+
+    It scores the student, the weights the optimizer moves; the erasure returned at the end is
+    their EMA teacher (``ema_decay``), which trails them by about 1/(1 - decay) steps. The images
+    are the first of the untouched model's evaluation (``before``): one per erased caption and
+    RETAINED_CHECK retained captions, with the same noise, so the untouched scores cost nothing.
+    """
+
+    def __init__(self, model, judges, concepts: list[str], steps: int, before, write) -> None:
+        import torch
+
+        from .evaluate import split_prompts
+
+        erased, retained = split_prompts(concepts)
+        self.n = len(erased)
+        self.keep = list(range(len(retained)))[:: max(1, len(retained) // RETAINED_CHECK)][:RETAINED_CHECK]
+        self.prompts = list(erased.prompts) + [retained.prompts[i] for i in self.keep]
+        self.labels = {a: torch.cat([erased.labels()[a], retained.labels()[a][self.keep]]) for a in AXES}
+        self.model, self.judges, self.concepts, self.write = model, judges, concepts, write
+        self.at = sorted({max(1, round(f * steps)) for f in CHECKPOINTS} - {steps})
+        self.steps = steps
+        self.seconds = 0.0  # spent scoring during training
+        self.base = self.scores(torch.cat([before.images_erased[: self.n],
+                                           before.images_retained[self.keep]]))
+
+    def scores(self, images: torch.Tensor | None = None) -> tuple[float, float, float]:
+        """(efficacy, mean accuracy on the retained captions, CLIP score of the erased prompts) of
+        ``images``, or of images the model generates now."""
+        from ..metrics.clip_score import clip_score
+        from .evaluate import EVAL_SEED, RETAINED_SEED_OFFSET, concept_axis, toy_clip
+        from .generation import generate
+        from .judges import judge
+
+        if images is None:
+            seeds = [EVAL_SEED + i for i in range(self.n)]
+            seeds += [EVAL_SEED + RETAINED_SEED_OFFSET + i for i in self.keep]
+            images = generate(self.model, self.prompts, seeds)
+        pred = judge(images, self.judges)
+        n = self.n
+        hits = pairs = 0
+        for axis, idx in map(concept_axis, self.concepts):
+            mask = self.labels[axis][:n] == idx
+            hits += int(((pred[axis][:n] == idx) & mask).sum())
+            pairs += int(mask.sum())
+        kept = [float((pred[a][n:] == self.labels[a][n:]).float().mean()) for a in AXES]
+        clip = clip_score(toy_clip(), (images[:n].clamp(-1, 1) + 1) / 2, self.prompts[:n],
+                          template="{}").mean
+        return hits / max(pairs, 1), sum(kept) / len(kept), clip
+
+    def __call__(self, step: int) -> None:
+        if step not in self.at:
+            return
+        started = time.perf_counter()
+        eff, acc, clip = self.scores()
+        self.seconds += time.perf_counter() - started
+        eff0, acc0, clip0 = self.base
+        self.write(f"step {step}/{self.steps}, weights being trained: still judged "
+                   f"{'/'.join(self.concepts)} {eff:.2f} (untouched {eff0:.2f}), retention "
+                   f"{acc / max(acc0, 1e-9):.2f}, CLIP score erased prompts {clip:.1f} "
+                   f"(untouched {clip0:.1f})")
 
 
 def _grid(model, erasure, erased_prompts, retained_prompts) -> torch.Tensor:
@@ -65,10 +152,13 @@ def _grid(model, erasure, erased_prompts, retained_prompts) -> torch.Tensor:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from ..threads import parameter_count, set_threads
     from . import load_judges, load_toy_model
-    from .evaluate import split_prompts
+    from .erasure import erase_toy, toy_config
+    from .evaluate import concept_axis, evaluate, retention_ratio, split_prompts, uncond_rate
 
     concept_axis(args.concept)  # cheap checks first
+    check_threads(args.threads)
     config = toy_config([args.concept], loss=args.loss, objective=args.objective,
                         method=args.method, steps=args.steps, seed=args.seed,
                         **({"batch_size": max(2, TOY_SETTINGS["batch_size"])}
@@ -80,32 +170,37 @@ def run(args: argparse.Namespace) -> int:
                                 "--overwrite, or choose another --out.")
     if out.exists() and not out.is_dir():
         raise ConfigError("--out", str(out), "is a file", "give a folder")
-    if args.threads:
-        torch.set_num_threads(args.threads)
     start = time.perf_counter()
     model, judges = load_toy_model(verify=True), load_judges(verify=True)
+    threads = set_threads(args.threads, parameter_count(model.unet, model.text_encoder))
     print(f"erasing {args.concept!r} from the toy model ({config.method}, loss {config.loss}, "
-          f"objective {config.objective}, {config.steps} steps)")
+          f"objective {config.objective}, {config.steps} steps, {threads} CPU "
+          f"thread{'s' if threads > 1 else ''})", flush=True)
     before = evaluate(model, judges, [args.concept], **EVAL)
     floor = uncond_rate(model, judges, [args.concept], n=48)
     base_eff = before.efficacy
+    print(f"untouched model: still judged {args.concept!r} {base_eff:.2f} (unconditional floor "
+          f"{floor:.2f}), CLIP score erased prompts {before.clip_erased:.1f}", flush=True)
     bar = tqdm(total=config.steps, desc="erasing", unit="step", disable=config.method == "uce")
+    monitor = (TrainingMonitor(model, judges, [args.concept], config.steps, before, bar.write)
+               if config.method == "train" else None)
 
     def progress(info) -> None:
         bar.update(1)
         bar.set_postfix(loss=f"{info.loss:.3g}")
+        if monitor is not None:
+            monitor(info.step)
 
     try:
         result = erase_toy(model, config, progress)
     finally:
         bar.close()
-    train_seconds = result.metadata["seconds"]
+    scoring_seconds = monitor.seconds if monitor is not None else 0.0
+    train_seconds = round(result.metadata["seconds"] - scoring_seconds, 3)
     after = evaluate(model, judges, [args.concept], result, **EVAL)
     retention = retention_ratio(after, before)
     erased_set, retained_set = split_prompts([args.concept])
-    # Three erased and three kept captions that differ in colour and texture too.
-    grid = _grid(model, result, [erased_set.prompts[i] for i in (0, 4, 8)],
-                 [retained_set.prompts[i] for i in (0, 17, 34)])
+    grid = _grid(model, result, varied_prompts(erased_set), varied_prompts(retained_set))
     seconds = time.perf_counter() - start
     summary = {
         "concept": args.concept,
@@ -120,6 +215,7 @@ def run(args: argparse.Namespace) -> int:
         "clip_retained": {"before": before.clip_retained, "after": after.clip_retained},
         "seconds": round(seconds, 2),
         "train_seconds": train_seconds,
+        "threads": threads,
         "unet_evals": result.metadata["unet_evals_nograd"] + result.metadata["unet_evals_grad"],
         "final_loss": result.loss_history[-1] if result.loss_history else None,
         "config": config.to_dict(),
@@ -137,12 +233,14 @@ def run(args: argparse.Namespace) -> int:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-    print(f"efficacy (still judged {args.concept!r}): {base_eff:.2f} -> {after.efficacy:.2f}  "
-          f"(unconditional floor {floor:.2f})")
+    returned = "EMA teacher" if config.method == "train" and config.result == "teacher" else config.method
+    print(f"erasure returned ({returned}): efficacy (still judged {args.concept!r}) "
+          f"{base_eff:.2f} -> {after.efficacy:.2f}  (unconditional floor {floor:.2f})")
     print(f"retention (accuracy on other prompts, relative): {retention:.3f}  "
           f"per axis after {after.retention_accuracy}")
     print(f"CLIP score erased prompts {before.clip_erased:.1f} -> {after.clip_erased:.1f}, "
           f"retained prompts {before.clip_retained:.1f} -> {after.clip_retained:.1f}")
-    print(f"{seconds:.1f} s in all ({train_seconds:.1f} s training); wrote {targets[0]} and "
+    print(f"{seconds:.1f} s in all ({train_seconds:.1f} s training, {scoring_seconds:.1f} s scoring "
+          f"while training); wrote {targets[0]} and "
           f"{targets[1]}", file=sys.stdout)
     return 0

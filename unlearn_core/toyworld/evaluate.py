@@ -24,17 +24,15 @@ import torch
 from ..denoiser import DiffusersDenoiser
 from ..errors import ConfigError
 from ..result import EraseResult
-from .dataset import AXES
 from .generation import PromptSet, all_prompts, generate
 from .judges import judge
 from .model import ToyModel
+from .settings import AXES, TASKS  # noqa: F401 (TASKS: importable from here too)
 
-TASKS: dict[str, tuple[str, ...]] = {
-    "shape": ("cross",),
-    "texture": ("striped",),
-    "colour": ("red",),
-    "three": ("triangle", "dotted", "blue"),
-}
+# Evaluation noise: erased image i has seed EVAL_SEED + i, retained image i EVAL_SEED +
+# RETAINED_SEED_OFFSET + i (prompts in the order of ``split_prompts``).
+EVAL_SEED = 10_000
+RETAINED_SEED_OFFSET = 50_000
 
 
 def concept_axis(concept: str) -> tuple[str, int]:
@@ -88,7 +86,7 @@ def _unit(images: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(model: ToyModel, judges: dict, concepts: Sequence[str],
-             erasure: EraseResult | None = None, seed: int = 10_000, repeats: int = 2,
+             erasure: EraseResult | None = None, seed: int = EVAL_SEED, repeats: int = 2,
              steps: int = 20, with_clip: bool = True, retained_repeats: int | None = None
              ) -> Evaluation:
     """Generate the erased and retained prompt sets (``repeats`` per caption, or
@@ -101,7 +99,7 @@ def evaluate(model: ToyModel, judges: dict, concepts: Sequence[str],
         img_e = generate(model, erased_set.prompts, [seed + i for i in range(len(erased_set))],
                          steps=steps)
         img_r = generate(model, retained_set.prompts,
-                         [seed + 50_000 + i for i in range(len(retained_set))], steps=steps)
+                         [seed + RETAINED_SEED_OFFSET + i for i in range(len(retained_set))], steps=steps)
     pred_e, pred_r = judge(img_e, judges), judge(img_r, judges)
     labels_e, labels_r = erased_set.labels(), retained_set.labels()
     still, pairs = 0, 0
