@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from unlearn_testkit.tiny import CONTEXT_DIM, state_hash, tiny_denoiser
+from unlearn_testkit.tiny import CONTEXT_DIM, state_hash, tiny_denoiser, tiny_unet
+from unlearn_testkit.tolerance import fp32_atol, longest_reduction, sampling_chain
 
 from unlearn_core import EraseConfig, EraseResult
 from unlearn_core.delta import Delta
@@ -23,9 +24,10 @@ torch.set_num_threads(1)
 
 LATENT = (4, 8, 8)
 STEPS = 10
-# Both limits are exact in this implementation (the same batched calls on the same states);
-# the tolerance only allows for float reassociation.
-ATOL = 1e-6
+# Both limits are exact in this implementation (the same calls on the same states), but the probe
+# batches seeds and psis differently from the reference, so images in [0, 1] agree to float32
+# rounding over the UNet's longest reduction and the guided steps (see unlearn_testkit.tolerance).
+ATOL = fp32_atol(longest_reduction(tiny_unet(0)), chain=sampling_chain(STEPS, 3.0))
 
 
 def decode(x: torch.Tensor) -> torch.Tensor:
@@ -68,7 +70,7 @@ def test_psi_limits_reproduce_the_erased_and_the_base_model():
     result = probe(base, erased, (0.0, 0.001, 0.999, 1.0))
     assert result.base_steps == (0, 0, STEPS, STEPS)
     erased_ref, base_ref = reference(erased), reference(base)
-    assert (erased_ref - base_ref).abs().max() > 1e-3  # the two models really differ
+    assert (erased_ref - base_ref).abs().max() > 100 * ATOL  # the two models really differ
     for i in (0, 1):
         torch.testing.assert_close(result.images[i], erased_ref, atol=ATOL, rtol=0)
     for i in (2, 3):
