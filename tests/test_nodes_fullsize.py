@@ -1,6 +1,8 @@
 """The full-size SD-1.5-shaped UNet (859.5M parameters, random weights, stock UNETLoader) trains
-two steps through the Advanced node: shapes, dtypes, memory and the 64 cross-attention layers of
-the real architecture. Slow (about a minute on 2 cores) but run in CI: ``-m slow`` selects it,
+two steps through the Advanced node: the parameter count, the 64 cross-attention layers of the
+real architecture and their shapes, the user's weights left as they were (inference tensors, no
+patches). The peak memory of the process is printed for the record, not asserted (it depends
+on what ran before in the same process). Slow (about a minute on 2 cores) but run in CI: ``-m slow`` selects it,
 nothing deselects it by default.
 """
 

@@ -110,11 +110,12 @@ def test_trajectory_sampler_band_and_no_full_run_at_zero():
 def test_trajectory_reuse_saves_sampling():
     cond = tiny_conditioning()
     cfg = EraseConfig(concepts=("c",), steps=4, batch_size=2, **FAST)
-    fresh = erase(tiny_denoiser(), cond, cfg).metadata["unet_evals_nograd"]
+    fresh = erase(tiny_denoiser(), cond, cfg.replace(trajectory_reuse=1)).metadata[
+        "unet_evals_nograd"]
     reused = erase(tiny_denoiser(), cond, cfg.replace(trajectory_reuse=4)).metadata
     # one trajectory to the last step (3 guided steps = 6) + targets (2 per step)
     assert reused["unet_evals_nograd"] == 6 + 4 * 2
-    assert fresh >= reused["unet_evals_nograd"] - 6
+    assert fresh > reused["unet_evals_nograd"]  # a new trajectory per step costs more
 
 
 @pytest.mark.parametrize("guidance", [3.0, 1.0, 0.0])
