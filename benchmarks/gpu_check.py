@@ -97,8 +97,8 @@ def run_ours(den, emb_c, emb_e, preset: str, resolution: int, steps: int, cuda: 
 
 
 def dry_run(args: argparse.Namespace) -> int:
-    """The same erasure calls on the CPU at an 8x8 latent, so a broken script is found before a
-    GPU is lent; prints no speed figures."""
+    """The same erasure calls on the CPU at an 8x8 latent, so a broken script is found before
+    GPU time is spent; prints no speed figures."""
     from speed import random_embeddings, sd14_unet
 
     from unlearn_core import DiffusersDenoiser

@@ -1,5 +1,5 @@
 """A faithful re-implementation of the official SDD training loop's *structure*, for the speed
-benchmark only (Kim et al. 2023, https://arxiv.org/abs/2307.05977; DESIGN §2.1):
+benchmark only (Kim et al. 2023, https://arxiv.org/abs/2307.05977):
 
 - two full UNets in memory (student and EMA teacher: ``copy.deepcopy``),
 - every step samples a fresh trajectory from z_T with the teacher, 50 DDIM steps up to a random

@@ -5,7 +5,7 @@
   CONDITIONING inputs instead of text.
 - ``UnlearnEraseConceptUCE``: UCE's closed-form edit (seconds) with only the inputs UCE reads.
 
-Why UCE has its own node (issue 7): UCE shares none of training's settings (steps, loss, learning
+Why UCE has its own node: UCE shares none of training's settings (steps, loss, learning
 rate, EMA, sampling) and has its own (guide, lambda, scales, token). The classic node API cannot
 hide widgets, so a method switch on one node would leave half the widgets silently doing nothing
 for either method. The Advanced node still carries ``method`` because it mirrors every config

@@ -1,7 +1,8 @@
 """Saving an erasure as a LoRA file and applying one to a MODEL.
 
 The file is kohya's format with diffusers layer names (``lora_unet_down_blocks_0_..._to_k``), the
-one format that loads in ComfyUI (2024 and 2025), A1111/Forge and diffusers (DESIGN §4.9): the
+format that ComfyUI (2024 and 0.3.64 trees) and diffusers load (tests/test_nodes_lora.py) and
+A1111/Forge read (not tested; docs/COMFYUI_NOTES.md §4 has the key forms ComfyUI accepts): the
 stock LoraLoaderModelOnly finds it in the first ``loras`` folder. Full deltas are stored as
 ``.diff`` (ComfyUI and A1111; not diffusers) unless ``svd_rank`` compresses them into a LoRA.
 """

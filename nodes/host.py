@@ -15,8 +15,8 @@ It hands the thin node modules what they need and nothing more:
 - ``patched_clone``: an erasure as ``("diff", ...)`` patches on a ``model.clone()``.
 - ``loras_folder``: where the stock LoRA loaders look.
 
-Host facts this relies on are in docs COMFYUI_HOST.md §1-4 (measured on ComfyUI of March 2024;
-the October-2025 paths below follow the same notes but are untested here).
+The ComfyUI facts this relies on, and where to read them in ComfyUI's source, are in
+docs/COMFYUI_NOTES.md; the tests run on a March-2024 tree and on 0.3.64 (README, "Tests").
 """
 
 from __future__ import annotations
@@ -118,14 +118,14 @@ def layer_shapes(model: Any) -> dict[str, tuple[int, ...]]:
 def _clone_saved_activations(module: torch.nn.Module) -> bool:
     """Whether training through ``module`` needs the saved-tensor clone hook.
 
-    ComfyUI before v0.3.41 adds residuals in place inside ``BasicTransformerBlock``
+    Older ComfyUI (the March-2024 tree) adds residuals in place inside ``BasicTransformerBlock``
     (``x += n``) after autograd saved ``x``; backward then fails ("modified by an inplace
     operation") unless every saved tensor is copied -- which costs activation memory. Newer hosts
     kept one ``x += x_skip``, but only under ``if self.ff_in:`` / ``if self.is_res:``, a path
     SD-1's blocks never take. So the answer comes from the path the model's own blocks execute:
     each in-place add of the block's source counts only if every ``if`` around it is true for one
     of ``module``'s blocks (tests that read something other than ``self.<attribute>`` count as
-    true). Source unreadable -> True (correct everywhere; costs memory).
+    true). Source unreadable -> True (correct everywhere; costs memory). docs/COMFYUI_NOTES.md §2.
     """
     blocks: dict[type, list] = {}
     for m in module.modules():
@@ -242,7 +242,7 @@ def _normal_weights(module: torch.nn.Module) -> Iterator[int]:
     """Swap every inference-tensor parameter/buffer of ``module`` for a normal clone; restore after.
 
     ComfyUI builds models under ``torch.inference_mode()``; autograd refuses to save such tensors
-    for backward, even frozen weights downstream of a trained layer (COMFYUI_HOST.md §3.1). The
+    for backward, even frozen weights downstream of a trained layer (docs/COMFYUI_NOTES.md §1). The
     clones hold identical values; the user's tensors are never written, and the original objects
     are put back on success, Cancel and error alike. Must run with inference mode off.
     """
@@ -436,7 +436,7 @@ def patched_clone(model: Any, deltas: dict[str, Delta], strength: float,
     Full deltas become ``("diff", (dW,))`` patches (``add_patches``); LoRA deltas go through
     ``comfy.sd.load_lora_for_models`` -- the stock LoRA loader's own path, so they stay low-rank
     in memory and patch exactly as the saved file would. Both are portable across ComfyUI
-    versions (COMFYUI_HOST.md §1). Every layer must exist in ``model`` with the delta's shape;
+    versions (docs/COMFYUI_NOTES.md §4). Every layer must exist in ``model`` with the delta's shape;
     otherwise ModelError names them.
     """
     to_native = {v: k for k, v in layer_names(model).items()}

@@ -1,4 +1,4 @@
-"""The measuring nodes (issue 5): thin adapters over ``unlearn_core.metrics``.
+"""The measuring nodes: thin adapters over ``unlearn_core.metrics``.
 
 - ``UnlearnCLIPLoader``: an open_clip model from a local file in the ``clip`` folder.
 - ``UnlearnCLIPScore``: 100 * max(cos(image, text), 0) per image and the mean.

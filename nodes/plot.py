@@ -3,7 +3,7 @@
 An IMAGE, not a STRING: stock ComfyUI can show an image (Preview Image) but has no node that shows
 text. Drawn with Pillow (no plotting library at run time). The raw loss is drawn faint, its
 exponential moving average dark; the title says the step count and the first/last/lowest values.
-A low loss is no proof of erasure (DESIGN §5): judge by the before/after images.
+A low loss is no proof of erasure: judge by the before/after images and the measuring nodes.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Erasure files (issue 15): what ``load_erasure`` refuses, the atomic no-overwrite write (raced),
+"""Erasure files: what ``load_erasure`` refuses, the atomic no-overwrite write (raced),
 the umask, the ranks an SVD actually wrote, and kohya's ``ss_*`` metadata."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Property tests over config fields, prompt strings and file contents (issue 15), from seeded
+"""Property tests over config fields, prompt strings and file contents, from seeded
 generators (the same cases every run):
 
 - nothing but the pack's own errors (``UnlearnError``) escapes the public API;

@@ -1,4 +1,4 @@
-"""The node pack inside a real ComfyUI (issue 4, issue 7's node): definitions, and prompts run by
+"""The node pack inside a real ComfyUI: definitions, and prompts run by
 ComfyUI's own validator and PromptExecutor on the small SD-1.x fixture.
 
 Training runs are cut to CPU size: 2 steps at 8x8 latents with 4-step trajectories (the simple

@@ -1,4 +1,4 @@
-"""The measuring nodes (issue 5) on the real ComfyUI host: the CLIP loader reads a local open_clip
+"""The measuring nodes on the real ComfyUI host: the CLIP loader reads a local open_clip
 file (the toy world's tiny CLIP stands in for ViT-L-14), the scores equal the core's functions on
 the same images, and the probe and report run on the small SD-1.x fixture at 64x64 px.
 """

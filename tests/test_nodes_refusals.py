@@ -1,4 +1,4 @@
-"""Bad values never reach a model, and fail before heavy work, on the real ComfyUI host (issue 15):
+"""Bad values never reach a model, and fail before heavy work, on the real ComfyUI host:
 
 - NaN/Inf strength on Apply Erasure: refused by the validator (ComfyUI's own range check lets NaN
   through), and by the node itself;

@@ -1,4 +1,4 @@
-"""Refusals before heavy work, and finished work kept (issue 15), on the library and the CLI:
+"""Refusals before heavy work, and finished work kept, on the library and the CLI:
 
 - one prompt-length rule (``unlearn_core.prompts``), used by the CLI here and by the nodes
   (tests/test_nodes_refusals.py): a text longer than SD-1's text encoder reads is refused with

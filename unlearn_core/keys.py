@@ -1,8 +1,9 @@
 """Layer names across formats: LDM (ComfyUI, original checkpoints), diffusers, and kohya LoRA keys.
 
-kohya's format with *diffusers* layer names loads in ComfyUI (2024 and 2025), A1111/Forge and
-diffusers' ``load_lora_weights`` (measured; DESIGN §4.9):
-``lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight``.
+kohya's format with *diffusers* layer names loads with ComfyUI's stock LoRA loaders (the 2024 and
+0.3.64 trees) and diffusers' ``load_lora_weights`` (tests/test_nodes_lora.py); A1111/Forge read
+the same kohya names (not tested); docs/COMFYUI_NOTES.md §4 lists the key forms ComfyUI accepts.
+Example: ``lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight``.
 Only the block prefix differs between LDM and diffusers inside SD-1's 16 attention blocks; the
 names inside a block (transformer_blocks.0.attn2.to_k, proj_in, ff.net.2, ...) are the same.
 """

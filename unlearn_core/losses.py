@@ -1,7 +1,7 @@
 """Distances between the student's noise prediction and its target.
 
-Seed paper ("Towards robust concept erasure in diffusion models", ../shared/seed): L2,
-Jensen-Shannon and Cramér-Wold in place of SDD's L2. Each entry of ``LOSSES`` is a callable
+"Towards robust concept erasure in diffusion models" proposes L2, Jensen-Shannon and Cramér-Wold
+in place of SDD's L2. Each entry of ``LOSSES`` is a callable
 ``(eps_student, eps_target, **options) -> scalar tensor`` on predictions of shape (B, C, H, W).
 
 - ``l2``: mean squared error (SDD, Kim et al. 2023).

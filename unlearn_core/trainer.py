@@ -1,6 +1,6 @@
 """The erasure loop: SDD self-distillation with an EMA teacher (Kim et al. 2023,
-https://arxiv.org/abs/2307.05977), the seed paper's losses, ESD's objective, several concepts in
-turn and optional retain prompts.
+https://arxiv.org/abs/2307.05977), the losses of "Towards robust concept erasure in diffusion
+models", ESD's objective, several concepts in turn and optional retain prompts.
 
 One step, top to bottom:
   1. with the EMA teacher's weights swapped in and no grad, draw ``batch_size`` states z_t from a

@@ -649,7 +649,7 @@ def build_sd1_clip_state_dict(seed: int = 1, dtype=None) -> dict:
     import torch
 
     config = comfy.supported_models.SD15(sd15_unet_config(SMALL_UNET_CONFIG))
-    with torch.inference_mode():  # the 2024 host builds CLIP this way (see COMFYUI_HOST.md)
+    with torch.inference_mode():  # as a prompt builds CLIP (docs/COMFYUI_NOTES.md §1)
         clip = comfy.sd.CLIP(config.clip_target())
         model = clip.cond_stage_model
         _fill_random(model, seed, dtype)
@@ -711,7 +711,7 @@ def write_full_sd15_unet(path: Path, seed: int = 0, dtype="float16") -> Path:
 
 
 def fixture_cache_dir() -> Path:
-    """Where built model files are kept between sessions: $UNLEARN_FIXTURE_CACHE, else
+    """Where built model files are kept between test runs: $UNLEARN_FIXTURE_CACHE, else
     ``<host folder>/fixtures`` (gitignored)."""
     env = os.environ.get("UNLEARN_FIXTURE_CACHE")
     return Path(env) if env else _installer().host_root() / "fixtures"

@@ -3,9 +3,10 @@ model loaded from a local file.
 
     CLIP score(image, text) = 100 * max(cos(E_img(image), E_txt(text)), 0)
 
-(Hessel et al. scale by w = 2.5; torchmetrics and the concept-erasure literature, the seed paper
-included, report 100 * max(cos, 0), which is what this module computes.) Higher means the image
-shows the text more; on erased prompts lower is better, on retained prompts unchanged is better.
+(Hessel et al. scale by w = 2.5; torchmetrics and the concept-erasure literature, e.g. "Towards
+robust concept erasure in diffusion models", report 100 * max(cos, 0), which is what this module
+computes.) Higher means the image shows the text more; on erased prompts lower is better, on
+retained prompts unchanged is better.
 
 Loading never touches the network: the architecture is built from its config (a built-in open_clip
 name, a JSON config file, or the config stored in the weights file's metadata) with random weights,

@@ -1,5 +1,5 @@
 """CLIP directional similarity (Gal et al. 2021, StyleGAN-NADA, https://arxiv.org/abs/2108.00946;
-as the seed paper reports it for erasures):
+as "Towards robust concept erasure in diffusion models" reports it for erasures):
 
     DS = cos(E_img(after) - E_img(before), E_txt(target) - E_txt(source))
 

@@ -1,4 +1,4 @@
-"""The metrics on the toy world (DESIGN §5): its model as a denoiser, its judges and tiny CLIP as
+"""The metrics on the toy world (README, "The toy world"): its model as a denoiser, its judges and tiny CLIP as
 scorers, and a quick erasure to measure. What ``unlearn probe`` runs by default, and what the
 tests and the benchmark run on.
 

@@ -2,7 +2,7 @@
 
 The shape judge has a fifth, reject class ``"none"`` (no clear shape), trained on
 ``dataset.make_rejects``: the untouched model's unconditional samples are blobs, and a judge
-forced to pick a shape calls them "circle" 44% of the time (DESIGN §5), which would make erasing
+forced to pick a shape calls them "circle" 44% of the time, which would make erasing
 "circle" look like failure. The colour and texture judges assume a shape is present.
 
 All three judges live in one safetensors file (keys prefixed by the axis), with their class names
