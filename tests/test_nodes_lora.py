@@ -16,6 +16,7 @@ from __future__ import annotations
 import pytest
 from unlearn_testkit import comfy_host as ch
 from unlearn_testkit import node_helpers as nh
+from unlearn_testkit.tolerance import fp32_atol, longest_reduction
 
 pytestmark = pytest.mark.comfy
 
@@ -102,11 +103,17 @@ def test_stock_loader_gives_the_nodes_model(comfy_host, small_sd15_ckpt, paramet
     eps_base = nh.eps_of(base, x, t, ctx)
     eps_node = nh.eps_of(node_model, x, t, ctx)
     eps_stock = nh.eps_of(stock, x, t, ctx)
-    assert (eps_node - eps_base).abs().max() > 1e-4  # the erasure does something
+    effect = (eps_node - eps_base).abs().max().item()
+    assert effect > 1e-4, effect  # the erasure does something
     if parametrization == "full":
         assert torch.equal(eps_stock, eps_node)
     else:
-        torch.testing.assert_close(eps_stock, eps_node, atol=1e-6, rtol=0)
+        # The stock loader forms W + scale * up @ down its own way: the weights differ by float32
+        # rounding of a rank-r product, carried through one forward pass of the UNet.
+        atol = fp32_atol(longest_reduction(base.model.diffusion_model),
+                         magnitude=eps_node.abs().max().item())
+        torch.testing.assert_close(eps_stock, eps_node, atol=atol, rtol=0)
+        assert atol < effect / 10
     (comfy_host.model_dir("loras") / name).unlink()
 
 
@@ -154,6 +161,14 @@ def _diffusers_unet(base_model):
     return unet.eval().to(torch.float32)
 
 
+def _weight_layers(unet) -> int:
+    """The UNet's convolutions and linear layers: at least as many as lie on any one path from
+    input to output."""
+    import torch
+
+    return sum(isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) for m in unet.modules())
+
+
 def _pipeline(unet):
     from diffusers import StableDiffusionPipeline
 
@@ -179,7 +194,12 @@ def test_diffusers_load_lora_weights_gives_the_same_outputs(comfy_host, small_sd
     with torch.no_grad():
         d_base = unet(x, t, encoder_hidden_states=ctx).sample
     c_base = nh.eps_of(base, x, t, ctx)
-    torch.testing.assert_close(d_base, c_base, atol=2e-4, rtol=0)  # the conversion is right
+    # Two implementations of the same UNet (other attention and convolution kernels): float32
+    # rounding over the longest reduction in each layer, the layers' independent errors adding
+    # like a random walk (sqrt of the number of layers).
+    atol = fp32_atol(longest_reduction(unet), magnitude=c_base.abs().max().item(),
+                     chain=_weight_layers(unet) ** 0.5)
+    torch.testing.assert_close(d_base, c_base, atol=atol, rtol=0)  # the conversion is right
 
     c_erased = nh.eps_of(_stock_lora_model(comfy_host, small_sd15_ckpt, name), x, t, ctx)
     pipe = _pipeline(unet)
@@ -188,6 +208,6 @@ def test_diffusers_load_lora_weights_gives_the_same_outputs(comfy_host, small_sd
         d_erased = pipe.unet(x, t, encoder_hidden_states=ctx).sample
     effect = (c_erased - c_base).abs().max().item()
     assert effect > 1e-3, effect
-    torch.testing.assert_close(d_erased, c_erased, atol=2e-4, rtol=0)
+    torch.testing.assert_close(d_erased, c_erased, atol=atol, rtol=0)
     assert (d_erased - c_erased).abs().max().item() < effect / 10
     path.unlink()
