@@ -80,6 +80,36 @@ def test_parsing_imports_no_heavy_module():
     assert result["heavy"] == []
 
 
+def test_lazy_packages_resolve_every_public_name():
+    """The packages import their names on first use; each one still resolves, including
+    ``metrics.clip_score`` (the function) after its submodule of the same name was imported."""
+    script = textwrap.dedent("""
+        import importlib, inspect, sys
+        from unlearn_core.metrics.clip_score import load_clip  # the submodule first
+        import unlearn_core.metrics as metrics
+        assert inspect.isfunction(metrics.clip_score), metrics.clip_score
+        for name in ("unlearn_core", "unlearn_core.metrics", "unlearn_core.toyworld"):
+            package = importlib.import_module(name)
+            for public in package.__all__:
+                assert getattr(package, public) is not None, (name, public)
+                assert public in dir(package), (name, public)
+        from unlearn_core import erase, EraseConfig
+        from unlearn_core.trainer import erase as erase_itself
+        assert erase is erase_itself and EraseConfig.__module__ == "unlearn_core.config"
+        try:
+            import unlearn_core
+            unlearn_core.no_such_name
+        except AttributeError as e:
+            assert "no_such_name" in str(e)
+        else:
+            raise AssertionError("no AttributeError")
+        print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr
+
+
 def test_python_dash_m_help_runs():
     done = subprocess.run([sys.executable, "-m", "unlearn_core.cli", "erase", "--help"], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
