@@ -14,14 +14,14 @@ if str(TESTS_DIR) not in sys.path:  # so tests can `import comfy_host`
 
 
 # ============================================================================================
-# ComfyUI host fixtures (owner: the node-pack work; see tests/comfy_host.py)
+# ComfyUI host fixtures (see tests/unlearn_testkit/comfy_host.py)
 #
 # One real ComfyUI per test session, booted headless against a session temp folder, with our
 # pack loaded by ComfyUI's own custom-node loader. Tests marked `comfy` need it.
 #   comfy_host            -> comfy_host.ComfyHost (run prompts, node classes, folders)
 #   small_sd15_ckpt       -> file name of a small SD-1.x checkpoint in the host's checkpoints/
 #   full_sd15_unet        -> file name of a full-size SD-1.5 UNet in the host's unet/ (slow)
-# Model files are built once and cached (tests/comfy_host.py: cached_model_file).
+# Model files are built once and cached (tests/unlearn_testkit/comfy_host.py: cached_model_file).
 # Env: COMFYUI_PATH (use another ComfyUI), UNLEARN_TEST_THREADS (torch threads, default 1),
 #      UNLEARN_FIXTURE_CACHE (where built model files are cached).
 # ============================================================================================
