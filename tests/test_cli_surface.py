@@ -255,3 +255,28 @@ def test_an_os_error_names_the_file(capsys, monkeypatch):
 
     monkeypatch.setattr(demo, "run", no_space)
     _fails(["demo"], capsys, "/data/out/grid.png: No space left on device", "free disk space")
+
+
+@pytest.mark.parametrize("damage", ["alpha", "truncated"])
+def test_probe_names_a_broken_erasure_file(damage, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    from unlearn_core.files import save_erasure
+    from unlearn_core.toyworld import load_toy_model
+    from unlearn_core.toyworld.erasure import erase_toy, toy_config
+
+    result = erase_toy(load_toy_model(), toy_config(["cross"], parametrization="lora",
+                                                    lora_rank=2, steps=1))
+    path = save_erasure(tmp_path / "erasure.safetensors", result.deltas, result.metadata)
+    if damage == "alpha":
+        tensors = load_file(path)
+        key = next(k for k in tensors if k.endswith(".alpha"))
+        tensors[key] = torch.ones(2)  # a LoRA alpha is one number
+        save_file(tensors, path)
+        expected = ("alpha", "Fix:")
+    else:
+        path.write_bytes(path.read_bytes()[:200])
+        expected = ("Fix:",)
+    capsys.readouterr()
+    _fails(["probe", "--concept", "cross", "--erasure", str(path), "--seeds", "0",
+            "--sampling-steps", "2"], capsys, str(path.name), *expected)
