@@ -56,10 +56,18 @@ def main() -> None:
                         help="storage dtype of the written asset (loaded back as float32)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--exclude", default="", metavar="WORD",
+                        help="leave every image of this shape, colour or texture out of training "
+                        "(a control model that never saw the concept; benchmarks/red_team.py)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    excluded = None
+    if args.exclude:
+        from unlearn_core.toyworld.evaluate import concept_axis
+
+        excluded = concept_axis(args.exclude)
     args.work_dir.mkdir(parents=True, exist_ok=True)
     state_path = args.work_dir / "state.pt"
 
@@ -99,8 +107,12 @@ def main() -> None:
         drop = torch.rand(args.batch_size, generator=data_gen) < args.caption_dropout
         captions = ["" if d else c for d, c in zip(drop.tolist(), batch.captions)]
         x0 = batch.images  # (B, 3, 16, 16)
+        if excluded is not None:
+            keep = batch.labels()[excluded[0]] != excluded[1]
+            x0 = x0[keep]
+            captions = [c for c, k in zip(captions, keep.tolist()) if k]
         noise = torch.randn(x0.shape, generator=noise_gen)
-        t = torch.randint(0, len(alphas_cumprod), (args.batch_size,), generator=noise_gen)
+        t = torch.randint(0, len(alphas_cumprod), (x0.shape[0],), generator=noise_gen)
         a = alphas_cumprod[t].view(-1, 1, 1, 1)
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
 

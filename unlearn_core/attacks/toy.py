@@ -1,0 +1,43 @@
+"""The attacks on the toy world: its model as base, its judges as the scorer (success = the judge's
+confidence in the concept >= threshold, 0.5 by default), its own sampling settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..metrics.generation import Erasure
+from ..metrics.toy import TOY_GUIDANCE, ToyWorld, toy_judge_scorer
+from .config import AttackConfig
+from .core import AttackResult, Progress, attack
+
+# The toy world samples with guidance 3 and 20 DDIM steps (toyworld.generation); 16 judged images.
+TOY_ATTACK: dict[str, Any] = dict(guidance=TOY_GUIDANCE, sampling_steps=20, threshold=0.5,
+                                  seeds=tuple(range(16)), targets=16, steps=100, batch_size=8)
+
+
+def toy_config(concept: str, **overrides: Any) -> AttackConfig:
+    return AttackConfig(concept=concept, **(TOY_ATTACK | overrides))
+
+
+def toy_attack(world: ToyWorld, erased: Any, config: AttackConfig, scorer: Any = None,
+               on_progress: Progress | None = None) -> AttackResult:
+    """Attack ``erased`` (an erasure such as ``EraseResult``, a denoiser, or None for the untouched
+    model) on the toy world; the concept prompt is encoded by the toy text encoder."""
+    scorer = scorer if scorer is not None else toy_judge_scorer()
+    if config.kind != "probe":
+        scorer_check = getattr(scorer, "understands", None)
+        if scorer_check is not None and not scorer_check(config.concept):
+            from ..errors import ConfigError
+
+            raise ConfigError("concept", config.concept, "the toy judges cannot tell whether an "
+                              "image shows this", "name a toy shape, colour or texture (e.g. "
+                              "'a cross', 'red', 'striped')")
+    emb = world.encode([config.concept, ""])
+    target = world.denoiser if erased is None else erased
+    if not isinstance(target, Erasure) and not hasattr(target, "alphas_cumprod"):
+        from ..errors import ConfigError
+
+        raise ConfigError("erased", type(erased).__name__, "not an erasure or a denoiser",
+                          "pass an EraseResult, a loaded erasure or a denoiser")
+    return attack(world.denoiser, target, emb[:1], emb[1:], scorer, config, world.decode,
+                  world.latent_shape, on_progress=on_progress)
