@@ -209,7 +209,9 @@ def test_score_on_a_file_that_is_not_an_image(tmp_path, capsys):
     (["demo", "--concept", "dragon"], "not a toy-world concept"),
     (["bench", "--seeds", "0"], "--seeds = 0"),
     (["bench", "--set", "lr"], "FIELD=VALUE"),
-    (["bench", "--set", "steps=many"], "'many' is not a whole number"),
+    (["bench", "--set", "batch_size=many"], "'many' is not a whole number"),
+    (["bench", "--set", "steps=5"], "use --steps N instead"),  # was a raw TypeError
+    (["bench", "--set", "seed=3"], "use --seeds N instead"),
     (["bench", "--tasks", "nope"], "unknown task"),
     (["probe", "--concept", "cross", "--threads", "-2"], "--threads = -2"),
 ])

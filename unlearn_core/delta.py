@@ -131,7 +131,6 @@ class DeltaSet(nn.Module):
             LayerDelta(layers[n], kind, rank, alpha, generator, device) for n in self.names
         )
         self.enabled = True
-        self.strength = 1.0
         self._handles: list = []
 
     def items(self) -> Iterator[tuple[str, LayerDelta]]:
@@ -150,12 +149,9 @@ class DeltaSet(nn.Module):
 
     def _hook(self, delta: LayerDelta):
         def hook(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
-            if not self.enabled or self.strength == 0.0:
+            if not self.enabled:
                 return output
-            extra = delta(args[0])
-            if self.strength != 1.0:
-                extra = extra * self.strength
-            return output + extra.to(output.dtype)
+            return output + delta(args[0]).to(output.dtype)
 
         return hook
 

@@ -28,10 +28,6 @@ class EraseResult:
     loss_history: list[float] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
 
-    def weights(self) -> dict[str, Tensor]:
-        """Dense dW per canonical layer name."""
-        return {name: d.weight() for name, d in self.deltas.items()}
-
     @contextlib.contextmanager
     def applied(self, denoiser: Denoiser, strength: float = 1.0) -> Iterator[None]:
         """Run ``denoiser`` with this erasure added (base weights untouched)."""

@@ -16,7 +16,6 @@ from .denoiser import DiffusersDenoiser, scaled_linear_alphas_cumprod
 from .errors import ConfigError, ModelError
 
 SD1_CONTEXT_DIM = 768
-SD1_BLOCKS = [320, 640, 1280, 1280]
 
 
 def check_sd1_folder(path: str | Path) -> dict:

@@ -160,8 +160,3 @@ class ReportConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
-
-
-def help_text(config_cls: type, name: str) -> str:
-    """A field's help text (node tooltip, CLI --help)."""
-    return {f.name: f for f in dataclasses.fields(config_cls)}[name].metadata["help"]

@@ -18,7 +18,7 @@ from ..errors import ConfigError
 from ..result import EraseResult
 from ..toyworld.generation import DEFAULT_GUIDANCE
 from .generation import unit_from_signed
-from .scorers import ClassifierScorer, ClipScorer, JointClassifierScorer
+from .scorers import ClassifierScorer, JointClassifierScorer
 
 Tensor = torch.Tensor
 
@@ -85,14 +85,3 @@ def toy_judge_scorer(path: str | None = None) -> JointClassifierScorer:
     parts = tuple(ClassifierScorer(judges[axis], JUDGE_CLASSES[axis], _signed, name=f"{axis} judge")
                   for axis in ("shape", "colour", "texture"))
     return JointClassifierScorer(parts, name="judge confidence")
-
-
-def toy_clip_scorer(template: str = "{}", path: str | None = None) -> ClipScorer:
-    """The toy world's tiny CLIP as a scorer (CLIP score, 0..100)."""
-    from ..toyworld import TINY_CLIP_FILE
-    from ..toyworld.clip import CLIP_NAME
-    from ..toyworld.hashes import asset_path
-    from .clip_score import load_clip
-
-    file = path if path is not None else asset_path(TINY_CLIP_FILE)
-    return ClipScorer(load_clip(CLIP_NAME, file), template)

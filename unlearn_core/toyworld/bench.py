@@ -67,6 +67,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
 
 
+# Config fields the benchmark sets per run from its own flags; --set may not give them too.
+_OWN_FLAGS = {"steps": "--steps N", "seed": "--seeds N", "loss": "--losses",
+              "objective": "--objectives", "concepts": "--tasks"}
+
+
 def _parse_sets(items: list[str]) -> dict:
     from ..config import config_fields
 
@@ -77,6 +82,9 @@ def _parse_sets(items: list[str]) -> dict:
         if not eq or key not in fields:
             raise ConfigError("--set", item, "not FIELD=VALUE with a field of EraseConfig",
                               f"write e.g. --set lr=1e-4; fields: {', '.join(fields)}")
+        if key in _OWN_FLAGS:  # the benchmark sweeps these itself
+            raise ConfigError("--set", item, f"{key} is set by the benchmark's own flag",
+                              f"use {_OWN_FLAGS[key]} instead")
         kind = type(fields[key].default)
         try:
             if kind is bool:

@@ -154,13 +154,6 @@ def make_batch(n: int, seed: int | None = None, generator: torch.Generator | Non
     return ToyBatch(images, shape, colour, texture, captions)
 
 
-def make_labelled(
-    shape: torch.Tensor, colour: torch.Tensor, texture: torch.Tensor, seed: int
-) -> torch.Tensor:
-    """Images (B, 3, 16, 16) for given labels (random size/position from ``seed``)."""
-    return render(shape, colour, texture, torch.Generator().manual_seed(seed))
-
-
 def _smooth_noise(n: int, low: int, generator: torch.Generator) -> torch.Tensor:
     coarse = torch.randn(n, 3, low, low, generator=generator)
     return torch.nn.functional.interpolate(
