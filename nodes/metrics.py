@@ -24,6 +24,8 @@ import torch
 from ..unlearn_core.config import _check_field
 from ..unlearn_core.errors import ConfigError
 from ..unlearn_core.metrics.config import ProbeConfig, ReportConfig, parse_psis, parse_seeds
+from ..unlearn_core.prompts import check_prompt_lengths
+from .erase import token_counter
 from .lazy_host import host
 from .widgets import field_input
 
@@ -259,6 +261,7 @@ class UnlearnProbe:
         from ..unlearn_core.metrics.scorers import ClipScorer
 
         config = ProbeConfig(**values)  # checks the widgets before anything runs
+        check_prompt_lengths({"concept": [config.concept]}, token_counter(clip))
         base = host.sampling_denoiser(base_model, "base_model")
         erased = host.sampling_denoiser(erased_model, "erased_model")
         encode = host.text_encoder(clip)
@@ -313,6 +316,8 @@ class UnlearnReport:
         from ..unlearn_core.metrics.scorers import ClipScorer
 
         config = ReportConfig(**values)
+        check_prompt_lengths({"erased_prompts": config.erased_prompts,
+                              "retained_prompts": config.retained_prompts}, token_counter(clip))
         base = host.sampling_denoiser(base_model, "base_model")
         erased = host.sampling_denoiser(erased_model, "erased_model")
         title = "Erasure report"

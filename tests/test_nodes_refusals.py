@@ -265,3 +265,18 @@ def test_save_names_from_random_prefixes_stay_in_the_folder(comfy_host, tmp_path
         letters = [ch for ch in unicodedata.normalize("NFC", prefix) if ch.isalnum()]
         if letters and len(letters) < 90:  # not cut for length, not the default name
             assert [ch for ch in stem if ch.isalnum()] == letters, (prefix, stem)
+
+
+def test_a_long_probe_concept_is_refused_before_sampling(comfy_host, small_sd15_ckpt,
+                                                         monkeypatch):
+    """The Probe follows the erase nodes' prompt-length rule: over 75 tokens is refused with the
+    count, before a single image is sampled (the erased model here is the base: no training)."""
+    probe = nh.pack_module("unlearn_core.metrics.probe")
+    monkeypatch.setattr(probe, "partial_diffusion_probe", lambda *a, **k: pytest.fail("sampled"))
+    prompt = _probe_prompt(comfy_host, small_sd15_ckpt)
+    prompt["70"]["inputs"].update(erased_model=["4", 0], concept=" ".join(["dog"] * 90))
+    del prompt["20"]
+    result = comfy_host.run(prompt, fresh_cache=True)
+    assert result.valid and not result.success
+    msg = result.error_message
+    assert msg.startswith("concept = ") and "90 tokens long" in msg and "at most 75 tokens" in msg

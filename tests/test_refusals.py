@@ -194,3 +194,15 @@ def test_clip_score_and_directional_similarity_of_no_images_are_errors():
         directional_similarity(_stub_clip(), none, none, "a", "b")
     one = torch.rand(1, 3, 8, 8)
     assert clip_score(_stub_clip(), one, "a cat").mean == clip_score(_stub_clip(), one, "a cat").mean
+
+
+def test_cli_probe_refuses_a_long_concept_before_loading(sd1, tmp_path, capsys, no_loading):
+    """The erase command's prompt-length rule holds for the probe's prompts too."""
+    erasure, clip = tmp_path / "e.safetensors", tmp_path / "clip.safetensors"
+    erasure.write_bytes(b"x")
+    clip.write_bytes(b"x")
+    code = main(["probe", "--model", str(sd1), "--erasure", str(erasure), "--concept", "x" * 300,
+                 "--scorer", "clip", "--clip-arch", "ViT-B-32", "--clip-weights", str(clip)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "--concept = " in err and "300 tokens long" in err and "at most 75 tokens" in err

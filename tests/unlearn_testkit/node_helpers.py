@@ -9,7 +9,7 @@ compare exceptions and types by name across that boundary, never with isinstance
 
 from __future__ import annotations
 
-import sys
+import importlib
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ def pack_module(name: str):
     host = ch.ComfyHost._instance
     if host is None:
         raise RuntimeError("pack_module needs the booted host (the comfy_host fixture)")
-    return sys.modules[f"{host.pack_module_name}.{name}"]
+    return importlib.import_module(f"{host.pack_module_name}.{name}")
 
 
 def widget_defaults(node_classes: dict, node_type: str) -> dict[str, Any]:

@@ -129,6 +129,12 @@ def run(args: argparse.Namespace) -> int:
     if not toy and args.clip_weights is None:
         raise ConfigError("--clip-weights", None, "SD-1's text encoder has no projection head, so the "
                           "probe needs a separate CLIP model", "give --clip-arch and --clip-weights")
+    if not toy:  # the prompt-length rule of the erase command, before any weight is read
+        from ..prompts import check_prompt_lengths
+        from ..sd1 import load_tokenizer, token_counter
+
+        check_prompt_lengths({"--concept": [config.concept], "--retained": args.retained or []},
+                             token_counter(load_tokenizer(args.model)))
     device = resolve_device(args.device)
     if args.output:
         Path(args.output).mkdir(parents=True, exist_ok=True)
