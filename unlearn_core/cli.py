@@ -2,7 +2,7 @@
 
 ``unlearn erase`` erases concepts from a local diffusers-format SD-1.x folder and writes a LoRA
 or diff file. Its flags are the fields of ``EraseConfig`` with their own help text. Other
-subcommands (demo, bench, score, probe) live beside the code they drive and are registered in
+subcommands (demo, bench, score, probe, attack) live beside the code they drive and are registered in
 ``SUBCOMMANDS``; each module offers ``add_arguments(parser)`` and ``run(args) -> int``.
 
 Parsing is torch-free: ``--help`` and argument errors answer in a fraction of a second, and each
@@ -32,6 +32,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("unlearn_core.toyworld.bench", "erasure-quality benchmark on the toy world"),
     "score": ("unlearn_core.metrics.cli", "CLIP score of images on disk"),
     "probe": ("unlearn_core.metrics.probe_cli", "partial-diffusion probe of an erasure"),
+    "attack": ("unlearn_core.attacks.cli", "red-team an erasure: try to bring the concept back "
+               "(concept inversion, prompt attack, probe) and report the attack success rate"),
 }
 
 

@@ -31,6 +31,7 @@ CW_MODES = ("closed_form", "sliced")
 JS_AXES = ("spatial", "all")
 WEIGHTINGS = ("none", "snr")
 METHODS = ("train", "uce")
+ROBUST_MODES = ("none", "adversarial")
 
 
 def _f(default: Any, help: str, **meta: Any) -> Any:
@@ -146,6 +147,19 @@ class EraseConfig:
     uce_token: str = _f("last", "UCE: use the concept's last real token or all its tokens.",
                         choices=("last", "all"))
     seed: int = _f(0, "Random seed; the same seed gives the same result.", min=0)
+    robust: str = _f(
+        "none", "adversarial: every robust_every steps an inner loop finds conditioning rows that "
+        "bring the concept back in the current student (the red-team attacks), and the erasure "
+        "erases those too (AdvUnlearn/STEREO-style; objective sdd). Costs more UNet evaluations: "
+        "see StepInfo.adversarial_evals and the metadata.", choices=ROBUST_MODES,
+    )
+    robust_every: int = _f(10, "robust: steps between two runs of the inner attack.", min=1)
+    robust_inner_steps: int = _f(5, "robust: optimisation steps of each inner attack (its budget: "
+                                 "robust_inner_steps x batch_size UNet evaluations).", min=1)
+    robust_tokens: int = _f(4, "robust: conditioning rows the inner attack optimises.", min=1,
+                            max=76)
+    robust_weight: float = _f(1.0, "robust: weight of the term that erases the adversarial "
+                              "conditioning.", min=0.0)
 
     def __post_init__(self) -> None:
         # Accept lists (JSON, CLI) but store tuples so the config stays hashable and frozen.
@@ -176,6 +190,9 @@ class EraseConfig:
             raise ConfigError("retain_weight", self.retain_weight,
                               "a retain weight needs retain prompts",
                               "add retain_prompts or set retain_weight to 0")
+        if self.robust != "none" and self.method == "train" and self.objective != "sdd":
+            raise ConfigError("robust", self.robust, "adversarial erasure is built on the sdd "
+                              "objective", "set objective to sdd, or robust to none")
         if self.loss == "cramer_wold" and self.batch_size < 2 and self.method == "train":
             raise ConfigError(
                 "batch_size", self.batch_size,

@@ -49,6 +49,7 @@ class StepInfo:
     lr: float
     elapsed: float  # seconds since the start
     unet_evals: int  # UNet evaluations so far, counted per latent (a CFG pass counts 2)
+    adversarial_evals: int = 0  # of unet_evals: spent by robust="adversarial" (robust.py)
 
 
 Callback = Callable[[StepInfo], "bool | None"]
@@ -139,6 +140,12 @@ def erase(denoiser: Denoiser, conditioning: Conditioning, config: EraseConfig,
     teacher = [p.detach().clone() for p in deltas.parameters()]
     optimizer = make_optimizer(list(deltas.parameters()), config)
     channels = getattr(denoiser, "in_channels", 4)
+    robust = None
+    if config.robust == "adversarial":  # the inner attack and its term live in robust.py
+        from .robust import AdversarialTerm
+
+        robust = AdversarialTerm(denoiser, deltas, cond, config,
+                                 (channels, config.resolution, config.resolution), device, dtype)
     # The teacher's empty-prompt prediction is computed by every guided sampling pass anyway.
     cached_target = config.objective == "sdd" and config.target_from == "trajectory"
     sampler = TrajectorySampler(
@@ -191,6 +198,11 @@ def erase(denoiser: Denoiser, conditioning: Conditioning, config: EraseConfig,
                 eps_retain = denoiser(x_t, t, emb_retain).float()
                 total = loss + config.retain_weight * LOSSES["l2"](eps_retain, eps_base)
                 retain_evals = 2 * batch
+            if robust is not None:
+                adv_loss, adv_grad, adv_nograd = robust.term(step, step % len(cond.concepts))
+                total = total + adv_loss
+                grad_evals += adv_grad
+                sampler.unet_evals += adv_nograd
             if not math.isfinite(total.item()):
                 raise TrainingError(
                     f"the loss became {total.item()} at step {step + 1} of {config.steps}; "
@@ -209,7 +221,8 @@ def erase(denoiser: Denoiser, conditioning: Conditioning, config: EraseConfig,
             sampler.unet_evals += target_evals + retain_evals // 2
             if callback is not None:
                 info = StepInfo(step + 1, config.steps, history[-1], config.lr,
-                                time.perf_counter() - start, sampler.unet_evals + grad_evals)
+                                time.perf_counter() - start, sampler.unet_evals + grad_evals,
+                                robust.unet_evals if robust is not None else 0)
                 if callback(info):
                     raise Cancelled(f"cancelled at step {step + 1} of {config.steps}; "
                                     "nothing was written")
@@ -234,5 +247,6 @@ def erase(denoiser: Denoiser, conditioning: Conditioning, config: EraseConfig,
         "unet_evals_grad": grad_evals,
         "layers": len(canonical),
         "trained_parameters": sum(p.numel() for p in deltas.parameters()),
+        **(robust.metadata() if robust is not None else {}),
     })
     return EraseResult(deltas=canonical, config=config, loss_history=history, metadata=meta)

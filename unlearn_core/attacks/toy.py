@@ -10,13 +10,18 @@ from ..metrics.toy import TOY_GUIDANCE, ToyWorld, toy_judge_scorer
 from .config import AttackConfig
 from .core import AttackResult, Progress, attack
 
-# The toy world samples with guidance 3 and 20 DDIM steps (toyworld.generation); 16 judged images.
-TOY_ATTACK: dict[str, Any] = dict(guidance=TOY_GUIDANCE, sampling_steps=20, threshold=0.5,
-                                  seeds=tuple(range(16)), targets=16, steps=100, batch_size=8)
+# The toy world samples with guidance 3 (toyworld.generation); 10 DDIM steps, 16 judged images.
+TOY_ATTACK: dict[str, Any] = dict(guidance=TOY_GUIDANCE, sampling_steps=10, threshold=0.5,
+                                  seeds=tuple(range(16)), targets=16, steps=150, batch_size=8)
+# The toy prompt is 8 rows; a new word may take every row after the start token (7), an appended
+# suffix the 4 padding rows after "a <concept>".
+TOY_TOKENS = {"concept_inversion": 7, "prompt_attack": 4, "probe": 4}
 
 
-def toy_config(concept: str, **overrides: Any) -> AttackConfig:
-    return AttackConfig(concept=concept, **(TOY_ATTACK | overrides))
+def toy_config(concept: str, kind: str = "concept_inversion", **overrides: Any) -> AttackConfig:
+    """The attack settings used on the toy world (``overrides`` win)."""
+    settings = TOY_ATTACK | {"tokens": TOY_TOKENS.get(kind, 4)} | overrides
+    return AttackConfig(concept=concept, kind=kind, **settings)
 
 
 def toy_attack(world: ToyWorld, erased: Any, config: AttackConfig, scorer: Any = None,

@@ -1,0 +1,233 @@
+"""``unlearn attack``: red-team an erasure -- try to bring the erased concept back -- on the toy
+world by default, or on a local diffusers-format SD-1.x folder.
+
+    unlearn attack --concept cross                                # toy: erase by UCE, attack it
+    unlearn attack --concept cross --method train --robust adversarial --kind prompt_attack
+    unlearn attack --concept cross --erasure cross.safetensors --output out/
+    unlearn attack --model ~/sd-v1-4 --erasure vangogh.safetensors --concept "Van Gogh" \\
+        --clip-arch ViT-L-14 --clip-weights ~/clip/ViT-L-14.safetensors --threshold 25
+
+Without ``--erasure`` the toy world erases the concept first (``--method uce``: closed form;
+``train``: the toy world's SDD settings; ``none``: attack the untouched model). On SD the attacked
+images are scored by CLIP against ``--threshold``; the toy world's judges decide by default.
+``--images`` gives your own pictures of the concept as the targets instead of the base model's.
+Prints the attack success rate (ASR) with its 95% interval; ``--output`` writes
+``attack_images.png``, ``attack.json`` and ``attack.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from ..devices import DEVICE_HELP, check_device, resolve_device
+from ..errors import ConfigError
+from ..metrics.cli import add_clip_arguments, load_clip_from_args
+from ..threads import THREADS_HELP, check_threads
+from .config import KINDS, AttackConfig
+
+TOY_DEFAULTS = "toy world: guidance 3, 10 sampling steps, 16 seeds and targets, batch 8"
+
+
+def _help(name: str) -> str:
+    return {f.name: f for f in dataclasses.fields(AttackConfig)}[name].metadata["help"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--concept", required=True, help=_help("concept"))
+    p.add_argument("--kind", default="concept_inversion", choices=KINDS, help=_help("kind"))
+    p.add_argument("--model", default=None, help="local diffusers-format SD-1.x folder; default: "
+                   "the toy world's model")
+    p.add_argument("--erasure", default=None, help="the erasure to attack: a LoRA/diff "
+                   ".safetensors file written by `unlearn erase` (toy world: optional)")
+    p.add_argument("--method", default="uce", choices=("uce", "train", "none"),
+                   help="toy world without --erasure: how to erase the concept first (none: "
+                   "attack the untouched model)")
+    p.add_argument("--robust", default="none", choices=("none", "adversarial"),
+                   help="toy world, --method train: erase with robust=adversarial")
+    p.add_argument("--erase-steps", type=int, default=None,
+                   help="toy world, --method train: training steps")
+    for f in dataclasses.fields(AttackConfig):
+        if f.name in ("concept", "kind"):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = ", ".join(map(str, f.default)) if isinstance(f.default, tuple) else str(f.default)
+        p.add_argument(flag, dest=f.name, default=argparse.SUPPRESS,
+                       type=None if isinstance(f.default, tuple) else type(f.default),
+                       help=f"{_help(f.name)} (default: {default}; {TOY_DEFAULTS})")
+    p.add_argument("--images", nargs="+", default=None,
+                   help="your own images of the concept (files or folders) as the attack's "
+                   "targets, instead of the base model's")
+    p.add_argument("--scorer", default="auto", choices=("auto", "judge", "clip"),
+                   help="success judge: the toy judges' confidence, or CLIP score (SD: always)")
+    add_clip_arguments(p)
+    p.add_argument("--resolution", type=int, default=512, help="SD: image size in pixels")
+    p.add_argument("--device", default="cpu", help=DEVICE_HELP + "; the toy world runs on the CPU")
+    p.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
+    p.add_argument("--output", default=None, help="folder for the images and the JSON/markdown")
+
+
+def _target_latents(paths, world, toy: bool):
+    import torch
+
+    from ..metrics.clip_score import resize_center_crop
+    from ..metrics.images import image_files, load_image
+
+    files = image_files(paths)
+    missing = [str(p) for p in files if not p.is_file()]
+    if missing or not files:
+        raise ConfigError("--images", missing[:3] or list(paths), "no such image files",
+                          "give image files or folders that hold images")
+    size = world.latent_shape[1] * (1 if toy else 8)
+    images = torch.cat([resize_center_crop(load_image(p)[None], (size, size)) for p in files])
+    if toy:
+        return images * 2 - 1
+    return world.encode_images(images)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ..threads import parameter_count, set_threads
+    from .core import attack
+
+    check_threads(args.threads)
+    check_device(args.device)
+    toy = args.model is None
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(AttackConfig)
+              if f.name not in ("concept", "kind") and hasattr(args, f.name)}
+    if toy:
+        from .toy import TOY_ATTACK, TOY_TOKENS
+
+        values = TOY_ATTACK | {"tokens": TOY_TOKENS[args.kind]} | values
+    config = AttackConfig(concept=args.concept, kind=args.kind, **values)  # checked first
+    if args.erasure is not None and not Path(args.erasure).is_file():
+        raise ConfigError("--erasure", args.erasure, "the file does not exist",
+                          "give the .safetensors file written by `unlearn erase`")
+    if not toy and args.erasure is None:
+        raise ConfigError("--erasure", None, "a model on disk needs the erasure to attack",
+                          "give --erasure FILE (from `unlearn erase`)")
+    if args.scorer == "judge" and not toy:
+        raise ConfigError("--scorer", "judge", "judges exist only in the toy world",
+                          "use --scorer clip with --clip-arch and --clip-weights")
+    if not toy and args.clip_weights is None:
+        raise ConfigError("--clip-weights", None, "SD-1's text encoder has no projection head, so "
+                          "the attack's success needs a separate CLIP model",
+                          "give --clip-arch and --clip-weights (and --threshold)")
+    if args.erase_steps is not None and args.erase_steps < 1:
+        raise ConfigError("--erase-steps", args.erase_steps, "must be 1 or more",
+                          "give a positive number of steps")
+    if args.robust != "none" and (not toy or args.method != "train" or args.erasure):
+        raise ConfigError("--robust", args.robust, "only the toy world's own training erasure "
+                          "(--method train, no --erasure) can be made robust here",
+                          "erase with `unlearn erase --robust adversarial` and pass --erasure")
+    if not toy:
+        from ..prompts import check_prompt_lengths
+        from ..sd1 import load_tokenizer, token_counter
+
+        check_prompt_lengths({"--concept": [config.concept]},
+                             token_counter(load_tokenizer(args.model)))
+    if args.images:
+        from ..metrics.images import image_files
+
+        if not image_files(args.images):
+            raise ConfigError("--images", args.images, "no images found",
+                              "give image files or folders that hold images")
+    device = resolve_device(args.device)
+    if args.output:
+        Path(args.output).mkdir(parents=True, exist_ok=True)
+
+    if toy:
+        from ..metrics.toy import load_toy_world
+
+        world = load_toy_world()
+    else:
+        world = _SDAttackWorld(args.model, device, args.resolution)
+    denoiser = world.denoiser
+    set_threads(args.threads, parameter_count(denoiser.module))
+
+    if args.erasure is not None:
+        from ..files import load_erasure
+        from ..metrics.generation import DeltaErasure
+        from ..metrics.probe_cli import _layer_shapes
+
+        loaded = load_erasure(args.erasure, _layer_shapes(denoiser.module))
+        erased = DeltaErasure(loaded.deltas, loaded.metadata)
+        print(f"erasure: {args.erasure} ({len(loaded.deltas)} layers)", file=sys.stderr)
+    elif args.method == "none":
+        erased = denoiser
+    else:
+        settings = {"steps": args.erase_steps} if args.erase_steps else {}
+        if args.robust != "none":
+            settings["robust"] = args.robust
+        with tqdm(desc=f"erasing {config.concept!r} ({args.method})", unit="step",
+                  disable=args.method == "uce") as ebar:
+            def step(info) -> None:  # returns None: a truthy return would cancel the trainer
+                ebar.update(1)
+
+            word = config.concept.split()[-1]
+            erased = world.erase(word, args.method, callback=step, **settings)
+
+    if args.scorer == "clip" or not toy:
+        from ..metrics.scorers import ClipScorer
+
+        scorer = ClipScorer(load_clip_from_args(args, device), args.template)
+    else:
+        from ..metrics.toy import toy_judge_scorer
+
+        scorer = toy_judge_scorer()
+        if not scorer.understands(config.concept):
+            raise ConfigError("--concept", config.concept, "the toy judges know shapes, colours "
+                              "and textures, and the concept names none",
+                              "name one, or use --scorer clip with a --threshold on CLIP scores")
+    targets = _target_latents(args.images, world, toy) if args.images else None
+    emb = world.encode([config.concept, ""])
+    bar = tqdm(total=1, desc=config.kind, unit="step")
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    try:
+        result = attack(denoiser, erased, emb[:1], emb[1:], scorer, config, world.decode,
+                        world.latent_shape, targets=targets, on_progress=progress)
+    finally:
+        bar.close()
+    print(result.summary())
+    if args.output:
+        from ..metrics.images import labelled_grid, save_png
+
+        out = Path(args.output)
+        grid = labelled_grid([(f"{config.kind}: {config.concept}", result.images[None])],
+                             [f"ASR {result.asr:.2f}"],
+                             [f"#{i}" for i in range(result.images.shape[0])])
+        save_png(grid, out / "attack_images.png")
+        (out / "attack.json").write_text(json.dumps(result.to_dict(), indent=2))
+        (out / "attack.md").write_text(result.summary() + "\n\n![images](attack_images.png)\n")
+        print(f"wrote {out}/attack_images.png, attack.json, attack.md", file=sys.stderr)
+    return 0
+
+
+class _SDAttackWorld:
+    """The probe's SD-1.x world, plus the VAE encoder for ``--images``."""
+
+    def __init__(self, path: str, device: str, resolution: int) -> None:
+        from ..metrics.probe_cli import _SDWorld
+
+        self._world = _SDWorld(path, device, resolution)
+        self.denoiser, self.encode = self._world.denoiser, self._world.encode
+        self.latent_shape, self.decode = self._world.latent_shape, self._world.decode
+
+    def encode_images(self, images):
+        import torch
+
+        from ..metrics.probe_cli import SD_VAE_SCALE
+
+        vae = self._world.vae
+        with torch.no_grad():
+            x = (images * 2 - 1).to(vae.device, vae.dtype)
+            return vae.encode(x).latent_dist.mean.float().cpu() * SD_VAE_SCALE

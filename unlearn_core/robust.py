@@ -1,0 +1,130 @@
+"""Adversarial erasure (``robust="adversarial"``): erase the concept and what an attacker would
+use to bring it back.
+
+After AdvUnlearn ("Defensive Unlearning with Adversarial Training for Robust Concept Erasure in
+Diffusion Models", Zhang et al. 2024) and STEREO ("STEREO: A Two-Stage Framework for Adversarially
+Robust Concept Erasing from Text-to-Image Diffusion Models", Srivatsan et al. 2025), as a bilevel
+loop inside SDD:
+
+- inner (every ``robust_every`` steps): the attack of ``unlearn_core.attacks`` against the *current
+  student* -- ``robust_inner_steps`` Adam steps on ``robust_tokens`` conditioning rows, minimising
+  the denoising loss on images of the concept (generated once by the base model, deltas off, at
+  the first step: ``ROBUST_IMAGES`` per concept). Two adversaries per concept, warm-started from
+  their last rows, in turn: rows appended to the concept prompt (the prompt attack) and new rows
+  in the empty prompt (the concept inversion);
+- outer (every step): the student's prediction under the latest adversarial conditioning, on
+  noised concept images, is pulled to its own empty-prompt prediction (SDD's target, no grad),
+  times ``robust_weight``, added to SDD's loss. The retain and anchor terms of the trainer still
+  hold the base model's predictions on the prompts they name.
+
+Cost per step: ``batch_size`` UNet evaluations with gradient and ``batch_size`` without (the outer
+term), plus ``robust_inner_steps * batch_size`` with gradient every ``robust_every`` steps, and the
+concept images once. ``StepInfo.adversarial_evals`` and the metadata count them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .attacks.core import attacked_rows, learn_context, row_bound
+from .conditioning import Conditioning
+from .config import EraseConfig
+from .delta import DeltaSet
+from .denoiser import Denoiser
+from .losses import LOSSES
+from .sampling import ddim_sample
+
+Tensor = torch.Tensor
+
+ROBUST_IMAGES = 8  # concept images (x_0) per concept, from the base model
+INNER_LR = 0.05  # Adam step of the inner attack, relative to the row norm bound
+NORM_SCALE = 2.0  # row norm bound of the inner attack, x the longest row of the prompts
+KINDS = ("prompt_attack", "concept_inversion")
+
+
+class AdversarialTerm:
+    """The robust term of one erasure: ``term(step, concept)`` -> (loss, grad evals, no-grad evals)."""
+
+    def __init__(self, denoiser: Denoiser, deltas: DeltaSet, cond: Conditioning,
+                 config: EraseConfig, shape: tuple[int, int, int], device: torch.device,
+                 dtype: torch.dtype) -> None:
+        self.denoiser, self.deltas, self.config = denoiser, deltas, config
+        self.cond, self.shape, self.device, self.dtype = cond, shape, device, dtype
+        self.generator = torch.Generator().manual_seed(config.seed + 3)
+        length = cond.empty.shape[1]
+        self.rows = {k: attacked_rows(k, length, min(config.robust_tokens, length - 1))
+                     for k in KINDS}
+        self.bound = NORM_SCALE * row_bound(*cond.concepts, cond.empty)
+        self.targets: list[Tensor] = []
+        # adversarial conditionings per concept and kind, warm-started
+        self.adversaries = [{"prompt_attack": c, "concept_inversion": cond.empty}
+                            for c in cond.concepts]
+        self.turn = [0] * len(cond.concepts)
+        self.latest = [c for c in cond.concepts]
+        self.grad_evals = 0
+        self.nograd_evals = 0
+        self.inner_runs = 0
+        self.last_inner_loss = float("nan")
+
+    @property
+    def unet_evals(self) -> int:
+        return self.grad_evals + self.nograd_evals
+
+    @torch.no_grad()
+    def _make_targets(self) -> None:
+        cfg = self.config
+        for concept in self.cond.concepts:
+            x_T = torch.randn((ROBUST_IMAGES, *self.shape), generator=self.generator)
+            with self.deltas.disabled():
+                x0 = ddim_sample(self.denoiser, x_T.to(self.device, self.dtype),
+                                 concept.expand(ROBUST_IMAGES, -1, -1),
+                                 self.cond.empty.expand(ROBUST_IMAGES, -1, -1), cfg.guidance,
+                                 cfg.sampling_steps)
+            self.targets.append(x0.float())
+            self.nograd_evals += ROBUST_IMAGES * cfg.sampling_steps * (
+                1 if cfg.guidance in (0.0, 1.0) else 2)
+
+    def term(self, step: int, concept: int) -> tuple[Tensor, int, int]:
+        cfg = self.config
+        grad0, nograd0 = self.grad_evals, self.nograd_evals
+        if not self.targets:
+            self._make_targets()
+        if step % cfg.robust_every == 0:  # inner loop: attack the current student
+            kind = KINDS[self.turn[concept] % len(KINDS)]
+            self.turn[concept] += 1
+            learned = learn_context(self.denoiser, self.adversaries[concept][kind],
+                                    self.rows[kind], self.targets[concept],
+                                    cfg.robust_inner_steps, cfg.batch_size, INNER_LR, self.bound,
+                                    self.generator)
+            adv = learned.context.to(self.device, self.dtype)
+            self.adversaries[concept][kind] = adv
+            self.latest[concept] = adv
+            self.grad_evals += learned.grad_evals
+            self.inner_runs += 1
+            self.last_inner_loss = learned.losses[-1]
+        # outer term on noised concept images: the adversary's prediction -> the empty prompt's
+        batch = cfg.batch_size
+        x0 = self.targets[concept]
+        ab = self.denoiser.alphas_cumprod
+        pick = torch.randint(0, x0.shape[0], (batch,), generator=self.generator)
+        t = torch.randint(0, len(ab), (batch,), generator=self.generator)
+        noise = torch.randn((batch, *x0.shape[1:]), generator=self.generator).to(self.device)
+        a = ab[t].to(self.device, torch.float32).view(-1, 1, 1, 1)
+        x_t = (a.sqrt() * x0[pick.to(self.device)] + (1 - a).sqrt() * noise).to(self.dtype)
+        t = t.to(self.device)
+        with torch.no_grad():
+            target = self.denoiser(x_t, t, self.cond.empty.expand(batch, -1, -1)).float()
+        eps = self.denoiser(x_t, t, self.latest[concept].expand(batch, -1, -1)).float()
+        self.grad_evals += batch
+        self.nograd_evals += batch
+        loss = cfg.robust_weight * LOSSES["l2"](eps, target)
+        return loss, self.grad_evals - grad0, self.nograd_evals - nograd0
+
+    def metadata(self) -> dict:
+        cfg = self.config
+        return {"robust": {
+            "mode": cfg.robust, "every": cfg.robust_every, "inner_steps": cfg.robust_inner_steps,
+            "tokens": cfg.robust_tokens, "weight": cfg.robust_weight, "inner_runs": self.inner_runs,
+            "images_per_concept": ROBUST_IMAGES, "inner_lr": INNER_LR,
+            "row_bound": round(self.bound, 6), "last_inner_loss": self.last_inner_loss},
+            "unet_evals_adversarial": self.unet_evals}
