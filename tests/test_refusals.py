@@ -206,3 +206,14 @@ def test_cli_probe_refuses_a_long_concept_before_loading(sd1, tmp_path, capsys, 
     err = capsys.readouterr().err
     assert code == 2, err
     assert "--concept = " in err and "300 tokens long" in err and "at most 75 tokens" in err
+
+
+def test_cli_refuses_svd_rank_with_a_lora_instead_of_ignoring_it(sd1, tmp_path, capsys,
+                                                                  no_loading):
+    out = tmp_path / "e.safetensors"
+    code = main(["erase", "--model", str(sd1), "--output", str(out), "--concept", "a cat",
+                 "--parametrization", "lora", "--svd-rank", "4"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "--svd-rank = 4" in err and "trains a LoRA already" in err and "--lora-rank" in err
+    assert not out.exists()

@@ -120,6 +120,11 @@ def run_erase(args: argparse.Namespace) -> int:
     out = check_output_path(args.output, args.overwrite, "--output")
     if args.svd_rank < 0:
         raise ConfigError("--svd-rank", args.svd_rank, "must be >= 0", "give 0 (off) or a rank")
+    if args.svd_rank and config.parametrization != "full":
+        raise ConfigError("--svd-rank", args.svd_rank,
+                          "compresses a full delta, and this run trains a LoRA already",
+                          "drop --svd-rank (a LoRA's rank is --lora-rank), or train with "
+                          "--parametrization full")
     check_sd1_folder(args.model)
     check_config_prompts(config, token_counter(load_tokenizer(args.model)))
     check_training_layers(args.model, config)
