@@ -11,4 +11,5 @@ ADVANCED_FIELDS = (
     "grad_clip", "ema_decay", "result", "guidance", "sampling_steps", "batch_size",
     "trajectory_reuse", "timestep_weighting", "resolution", "uce_lambda", "uce_erase_scale",
     "uce_preserve_scale", "uce_guide", "uce_token", "seed", "gradient_checkpointing",
+    "contexts", "trajectory_from",
 )

@@ -44,7 +44,7 @@ UI_HINTS: dict[str, dict[str, Any]] = {
     "seed": {"max": SEED_MAX},
 }
 
-MULTILINE = {"concepts", "retain_prompts", "erased_prompts", "retained_prompts"}
+MULTILINE = {"concepts", "retain_prompts", "contexts", "erased_prompts", "retained_prompts"}
 
 
 def node_defaults() -> dict[str, Any]:

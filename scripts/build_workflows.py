@@ -308,7 +308,7 @@ def advanced_defaults() -> dict:
     from unlearn_core.config import config_fields
 
     values = {n: f.default for n, f in config_fields().items()}
-    for k in ("concepts", "retain_prompts"):
+    for k in ("concepts", "retain_prompts", "contexts"):
         values[k] = "\n".join(values[k])
     return values
 

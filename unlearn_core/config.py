@@ -8,8 +8,9 @@ The optimisation defaults follow the official SDD code (Kim et al. 2023,
 https://arxiv.org/abs/2307.05977): AdamW lr 1e-5, weight decay 1e-4, clip 1.0, 1500 steps, EMA
 0.999, guidance 3.0. The sampling defaults are this project's faster loop, measured against SDD's
 own in BENCHMARKS.md: 10-step trajectories instead of 50, two training states per step from one
-trajectory that serves four steps, and an SNR-weighted loss. ``PRESETS["sdd-paper"]`` restores
-SDD's loop exactly.
+trajectory that serves four steps, and an SNR-weighted loss. Each concept is erased alone and
+inside captions that name it (``contexts``), from its own trajectories. ``PRESETS["sdd-paper"]``
+restores SDD's loop exactly (the bare concepts, one joint trajectory prompt).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from .errors import ConfigError
 LOSS_NAMES = ("l2", "jensen_shannon", "cramer_wold", "jensen_shannon_gaussian")
 OBJECTIVES = ("sdd", "esd")
 TARGET_SOURCES = ("student", "teacher", "trajectory")
+TRAJECTORY_PROMPTS = ("concept", "joint")
 PARAMETRIZATIONS = ("lora", "full")
 RESULTS = ("teacher", "student")
 CW_MODES = ("closed_form", "sliced")
@@ -53,6 +55,20 @@ class EraseConfig:
     )
     retain_weight: float = _f(
         0.0, "Weight of the retain term (0 = off). Needs retain_prompts.", min=0.0
+    )
+    contexts: tuple[str, ...] = _f(
+        (), "Prompts the concepts are also erased inside, one per line, each with {} where the "
+        "concept goes (e.g. 'a photo of {}'): the prompt's prediction is pulled to the same "
+        "prompt's without the concept, so captions that name the concept stay erased, not only "
+        "the bare concept. Empty = a few generic captions ('a photo of {}', 'a painting of {}', "
+        "'an image of {}, detailed'); '{}' alone = the bare concept only (SDD). Trajectories "
+        "are drawn from the bare concept and its contexts alike.",
+    )
+    trajectory_from: str = _f(
+        "concept", "Which prompt's guided trajectories give the training states: concept = the "
+        "prompt being trained (each concept, or the concept inside one of its contexts, its "
+        "own trajectories), or joint: all concepts joined by ', ' (SDD).",
+        choices=TRAJECTORY_PROMPTS,
     )
     method: str = _f("train", "train = self-distillation fine-tuning; uce = closed-form edit of "
                      "cross-attention to_k/to_v (seconds, no training).", choices=METHODS)
@@ -163,7 +179,7 @@ class EraseConfig:
 
     def __post_init__(self) -> None:
         # Accept lists (JSON, CLI) but store tuples so the config stays hashable and frozen.
-        for name in ("concepts", "retain_prompts"):
+        for name in ("concepts", "retain_prompts", "contexts"):
             value = getattr(self, name)
             if isinstance(value, str):
                 value = tuple(line for line in value.splitlines())
@@ -183,6 +199,13 @@ class EraseConfig:
         object.__setattr__(self, "concepts", tuple(c.strip() for c in self.concepts))
         object.__setattr__(self, "retain_prompts",
                            tuple(p.strip() for p in self.retain_prompts if p.strip()))
+        object.__setattr__(self, "contexts", tuple(p.strip() for p in self.contexts if p.strip()))
+        for template in self.contexts:
+            if template.count("{}") != 1 or template.replace("{}", "").count("{") or \
+                    template.replace("{}", "").count("}"):
+                raise ConfigError("contexts", template, "a context needs exactly one {} (where "
+                                  "the concept goes) and no other braces",
+                                  "write it like 'a photo of {}'")
         from .selection import canonical_selection  # local: selection imports torch
 
         object.__setattr__(self, "selection", canonical_selection(self.selection))
@@ -232,11 +255,12 @@ class EraseConfig:
 # batch 1, unweighted loss); "fast" is this project's loop, the defaults (BENCHMARKS.md: speed and
 # quality side by side).
 _FAST: dict[str, Any] = dict(sampling_steps=10, batch_size=2, trajectory_reuse=4,
-                             timestep_weighting="snr")
+                             timestep_weighting="snr", contexts=(), trajectory_from="concept")
 PRESETS: dict[str, dict[str, Any]] = {
     "sdd-paper": dict(sampling_steps=50, batch_size=1, trajectory_reuse=1, timestep_weighting="none",
                       parametrization="full", selection="xattn", target_from="student",
-                      result="teacher", lr=1e-5, steps=1500, ema_decay=0.999),
+                      result="teacher", lr=1e-5, steps=1500, ema_decay=0.999,
+                      contexts=("{}",), trajectory_from="joint"),
     "fast": _FAST,
     # the fast loop with a rank-8 LoRA instead of a full delta: far less optimizer memory
     "fast-lora": _FAST | dict(parametrization="lora", lora_rank=8, lora_alpha=8.0, lr=1e-4),

@@ -144,6 +144,12 @@ class TrajectorySampler:
         self._uncond: dict[int, Tensor] = {}
         self._draws = 0
 
+    def set_prompt(self, cond: Tensor) -> None:
+        """Sample later states from ``cond`` (1, L, D); the next draw starts a fresh trajectory."""
+        if cond is not self.cond:
+            self.cond = cond
+            self._draws = 0
+
     def _sample(self, stop: int) -> None:
         x_T = torch.randn((1, *self.shape), generator=self.generator).to(self.device, self.dtype)
         states: dict[int, Tensor] = {}

@@ -154,10 +154,18 @@ def erase(denoiser: Denoiser, conditioning: Conditioning, config: EraseConfig,
         keep_uncond=cached_target,
     )
     frozen = [(p, p.requires_grad) for p in module.parameters()]
+    # What each trajectory trains: a (prompt, anchor) pair of one concept. The bare concept's
+    # anchor is the empty prompt (SDD); a context's is the same prompt without the concept.
+    tasks = [[(c, cond.empty)] + (list(cond.contexts[i]) if i < len(cond.contexts) else [])
+             for i, c in enumerate(cond.concepts)]
+    held = list(cond.retain) if config.retain_weight > 0 else []
+    task_generator = torch.Generator().manual_seed(config.seed + 2)
     history: list[float] = []
     grad_evals = 0
     start = time.perf_counter()
     batch = config.batch_size
+    reuse = config.trajectory_reuse
+    prompt, anchor, i = cond.concepts[0], cond.empty, 0
     stack = contextlib.ExitStack()
     try:
         for p, _ in frozen:
@@ -165,16 +173,28 @@ def erase(denoiser: Denoiser, conditioning: Conditioning, config: EraseConfig,
         deltas.attach()
         stack.enter_context(checkpointed(module, config.gradient_checkpointing))
         for step in range(config.steps):
-            emb_concept = cond.concepts[step % len(cond.concepts)].expand(batch, -1, -1)
-            emb_empty = cond.empty.expand(batch, -1, -1)
+            if config.trajectory_from == "joint":
+                # SDD: one joint trajectory prompt; the concepts are taken in turn, step by step
+                i = step % len(cond.concepts)
+                prompt, anchor = cond.concepts[i], cond.empty
+            elif step % reuse == 0:
+                # each trajectory from the prompt it trains, the concepts in turn; the pair
+                # (the bare concept or one of its contexts) drawn at random
+                i = (step // reuse) % len(tasks)
+                pairs = tasks[i]
+                j = int(torch.randint(len(pairs), (), generator=task_generator))
+                prompt, anchor = pairs[j]
+                sampler.set_prompt(prompt)
+            emb_concept = prompt.expand(batch, -1, -1)
+            emb_empty = anchor.expand(batch, -1, -1)
             with torch.no_grad(), deltas.swapped(teacher):
                 states = sampler.draw(batch)
             x_t, t = states.x, states.t  # (B, C, H, W), (B,)
-            if cached_target:
+            if cached_target and anchor is cond.empty:
                 target, target_evals = states.uncond, 0
             elif config.objective == "sdd":
                 target = sdd_target(denoiser, deltas, teacher, x_t, t, emb_empty,
-                                    config.target_from)
+                                    "student" if cached_target else config.target_from)
                 target_evals = batch
             else:
                 target = esd_target(denoiser, deltas, x_t, t, emb_concept, emb_empty,
@@ -191,15 +211,15 @@ def erase(denoiser: Denoiser, conditioning: Conditioning, config: EraseConfig,
                 loss = loss_fn(eps_student, target)
             total = loss
             retain_evals = 0
-            if config.retain_weight > 0:
-                emb_retain = cond.retain[step % len(cond.retain)].expand(batch, -1, -1)
+            if held:
+                emb_retain = held[step % len(held)].expand(batch, -1, -1)
                 with torch.no_grad(), deltas.disabled():
                     eps_base = denoiser(x_t, t, emb_retain).float()
                 eps_retain = denoiser(x_t, t, emb_retain).float()
                 total = loss + config.retain_weight * LOSSES["l2"](eps_retain, eps_base)
                 retain_evals = 2 * batch
             if robust is not None:
-                adv_loss, adv_grad, adv_nograd = robust.term(step, step % len(cond.concepts))
+                adv_loss, adv_grad, adv_nograd = robust.term(step, i)
                 total = total + adv_loss
                 grad_evals += adv_grad
                 sampler.unet_evals += adv_nograd
@@ -246,6 +266,7 @@ def erase(denoiser: Denoiser, conditioning: Conditioning, config: EraseConfig,
         "unet_evals_nograd": sampler.unet_evals,
         "unet_evals_grad": grad_evals,
         "layers": len(canonical),
+        "context_prompts": sum(len(pairs) - 1 for pairs in tasks),
         "trained_parameters": sum(p.numel() for p in deltas.parameters()),
         **(robust.metadata() if robust is not None else {}),
     })

@@ -1,0 +1,158 @@
+"""Concepts erased inside captions (contexts), each concept's own trajectories, and the toy
+world's caption grammar around a concept."""
+
+import pytest
+import torch
+from unlearn_testkit.tiny import tiny_conditioning, tiny_denoiser
+
+from unlearn_core import ConfigError, EraseConfig, erase
+from unlearn_core.conditioning import DEFAULT_CONTEXTS, encode_conditioning, template_pairs
+from unlearn_core.toyworld.phrasings import (
+    EVAL_PHRASINGS,
+    HELD_OUT_PHRASINGS,
+    TRAINED_PHRASINGS,
+    caption_length,
+    context_pairs,
+    neighbours,
+    tidy,
+)
+from unlearn_core.toyworld.settings import AXES
+
+FAST = dict(resolution=8, sampling_steps=4, lr=1e-3)
+
+
+class Recorder:
+    """A denoiser that records which conditioning each pass saw (grad passes apart)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.module, self.alphas_cumprod = inner.module, inner.alphas_cumprod
+        self.grad_conds: list[torch.Tensor] = []
+        self.nograd_conds: list[torch.Tensor] = []
+        self.nograd_batches: list[int] = []
+
+    def __call__(self, x, t, cond):
+        if torch.is_grad_enabled():
+            self.grad_conds.append(cond[0].clone())
+        else:
+            self.nograd_conds.append(cond[0].clone())
+            self.nograd_batches.append(cond.shape[0])
+        return self.inner(x, t, cond)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def _with_contexts(n_pairs: int = 3, n_concepts: int = 1):
+    cond = tiny_conditioning(n_concepts=n_concepts)
+    g = torch.Generator().manual_seed(7)
+    cond.contexts = [[(torch.randn(1, *cond.empty.shape[1:], generator=g),
+                       torch.randn(1, *cond.empty.shape[1:], generator=g)) for _ in range(n_pairs)]
+                     for _ in range(n_concepts)]
+    return cond
+
+
+def _index(emb, table):
+    return next(i for i, e in enumerate(table) if torch.equal(emb, e[0]))
+
+
+def test_contexts_train_each_prompt_towards_its_own_anchor():
+    cond = _with_contexts(3)
+    # batch 3: target passes hold 3 rows, guided sampling passes 2 (empty + prompt)
+    cfg = EraseConfig(concepts=("c",), steps=24, batch_size=3, trajectory_reuse=2,
+                      trajectory_from="concept", **FAST)
+    rec = Recorder(tiny_denoiser())
+    res = erase(rec, cond, cfg)
+    assert res.metadata["context_prompts"] == 3
+    prompts = [cond.concepts[0]] + [p for p, _ in cond.contexts[0]]
+    anchors = [cond.empty] + [a for _, a in cond.contexts[0]]
+    trained = [_index(c, prompts) for c in rec.grad_conds]
+    assert len(set(trained)) >= 3  # the bare concept and its contexts are all trained
+    # every step's target is the student's prediction for that prompt's own anchor
+    targets = [c for c, n in zip(rec.nograd_conds, rec.nograd_batches) if n == 3]
+    assert [_index(c, anchors) for c in targets] == trained
+
+
+def test_each_concept_samples_its_own_trajectory_and_joint_keeps_sdds():
+    cond = tiny_conditioning(n_concepts=2)
+    cfg = EraseConfig(concepts=("a", "b"), steps=4, batch_size=2, trajectory_reuse=2,
+                      guidance=0.0, **FAST)  # guidance 0: sampling passes see the empty prompt
+    rec = Recorder(tiny_denoiser())
+    erase(rec, cond, cfg.replace(trajectory_from="concept", guidance=1.0))
+    sampled = {(_index(c, [cond.concepts[0], cond.concepts[1], cond.trajectory]))
+               for c in rec.nograd_conds
+               if any(torch.equal(c, e[0]) for e in [*cond.concepts, cond.trajectory])}
+    assert sampled == {0, 1}  # both concepts' own prompts, never the joint one
+    rec = Recorder(tiny_denoiser())
+    erase(rec, cond, cfg.replace(trajectory_from="joint", guidance=1.0))
+    sampled = [c for c in rec.nograd_conds if torch.equal(c, cond.trajectory[0])]
+    assert sampled and not any(torch.equal(c, cond.concepts[1][0]) for c in rec.nograd_conds)
+
+
+def test_template_pairs_and_contexts_in_the_config():
+    pairs = template_pairs(("a photo of {}", "{}, detailed", "{}"))("Van Gogh")
+    assert pairs == [("a photo of Van Gogh", "a photo of"), ("Van Gogh, detailed", "detailed"),
+                     ("Van Gogh", "")]
+    with pytest.raises(ConfigError, match="exactly one"):
+        EraseConfig(concepts=("x",), contexts=("a photo of",))
+    with pytest.raises(ConfigError, match="exactly one"):
+        EraseConfig(concepts=("x",), contexts=("{} and {}",))
+    assert EraseConfig(concepts=("x",), contexts="a photo of {}\n\n").contexts == ("a photo of {}",)
+
+
+def test_encode_conditioning_builds_contexts_defaults_hook_and_uce_skips_them():
+    seen: list[str] = []
+
+    def encode(texts):
+        seen.extend(texts)
+        return torch.stack([torch.full((4, 8), float(len(t))) for t in texts])
+
+    cfg = EraseConfig(concepts=("cat", "dog"))
+    cond = encode_conditioning(encode, cfg)
+    assert [len(c) for c in cond.contexts] == [len(DEFAULT_CONTEXTS)] * 2
+    assert "a photo of cat" in seen and "a photo of" in seen
+    # the front end's own pairs when the config names none; the config's templates win
+    hook = lambda c: [(f"big {c}", "big")]  # noqa: E731
+    cond = encode_conditioning(encode, cfg, context_pairs=hook)
+    assert len(cond.contexts[0]) == 1 and float(cond.contexts[0][0][0][0, 0, 0]) == len("big cat")
+    cond = encode_conditioning(encode, cfg.replace(contexts=("{} here", "{} there")),
+                               context_pairs=hook)
+    assert float(cond.contexts[1][1][1][0, 0, 0]) == len("there")
+    cond = encode_conditioning(encode, cfg.replace(method="uce"))
+    assert cond.contexts == [[], []]
+
+
+def test_context_prompts_follow_the_prompt_length_rule():
+    cfg = EraseConfig(concepts=("cat",), contexts=("{} " + "word " * 80,))
+    with pytest.raises(ConfigError, match="contexts"):
+        encode_conditioning(lambda t: torch.zeros(len(t), 4, 8), cfg,
+                            count_tokens=lambda text: len(text.split()))
+
+
+@pytest.mark.parametrize("concept", [c for values in AXES.values() for c in values])
+def test_toy_contexts_name_the_concept_and_anchors_leave_it_out(concept):
+    pairs = context_pairs(concept)
+    assert len(pairs) >= 16
+    for caption, anchor in pairs:
+        assert concept in caption.replace(",", " ").split()
+        assert concept not in anchor.replace(",", " ").split()
+        assert caption_length(caption) <= 6
+        assert anchor == tidy(anchor) and not anchor.endswith(",")
+    held = neighbours([concept])
+    assert held and all(concept not in p.replace(",", " ").split() for p in held)
+
+
+def test_toy_neighbours_leave_out_every_erased_concept():
+    erased = ["triangle", "dotted", "blue"]
+    held = neighbours(erased)
+    assert held
+    for p in held:
+        assert not set(p.replace(",", " ").split()) & set(erased)
+
+
+def test_toy_eval_phrasings_hold_out_orders_and_the_longest_captions():
+    assert set(TRAINED_PHRASINGS).isdisjoint(HELD_OUT_PHRASINGS)
+    assert set(EVAL_PHRASINGS) == set(TRAINED_PHRASINGS) | set(HELD_OUT_PHRASINGS)
+    longest = max(caption_length(p.format(s="cross", c="red", t="striped"))
+                  for p in HELD_OUT_PHRASINGS)
+    assert longest == 6  # the toy tokenizer reads 6 words (8 with its start and end)

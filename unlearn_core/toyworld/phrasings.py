@@ -1,0 +1,148 @@
+"""The toy world's captions around a concept: what the engine erases a concept inside, what it
+holds, and the phrasings an erasure is measured on.
+
+- ``context_pairs(concept)``: (caption naming the concept, the same caption without it), for every
+  caption of the toy model's own grammar (``dataset.PHRASINGS``) that names the concept, the other
+  attributes taken over the whole vocabulary. The engine pulls each caption's prediction to its
+  anchor's (``Conditioning.contexts``), so the concept is erased where users write it: inside
+  captions, not only alone.
+- ``neighbours(concepts)``: the same captions with the concept replaced by each other value of its
+  kind (a colour by the other colours, ...), minus any caption naming an erased concept: the
+  prompts held to the base model (``retain_prompts``), so erasing "red" does not move "blue".
+- ``EVAL_PHRASINGS``: the phrasings an erasure is measured on, per phrasing and caption length;
+  the last ones (other word orders, the longest captions the tokenizer reads) are never trained.
+
+One rule for every concept: a concept's kind comes from the vocabulary, nothing is set per
+concept.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+from .dataset import PHRASINGS
+from .settings import AXES
+
+_SLOT = {"shape": "s", "colour": "c", "texture": "t"}
+_VALUES = {"s": "shape", "c": "colour", "t": "texture"}
+
+TRAINED_PHRASINGS: tuple[str, ...] = tuple(p for p, _ in PHRASINGS)
+# Held out from training: other word orders and the longest captions (6 words, the most the toy
+# tokenizer reads).
+HELD_OUT_PHRASINGS: tuple[str, ...] = (
+    "a {s}, {c}, {t}", "a {s}, {t}, {c}", "a {c} {t} {s}", "a {s}, {c} {t}", "a {s}, {c}",
+)
+EVAL_PHRASINGS: tuple[str, ...] = TRAINED_PHRASINGS + HELD_OUT_PHRASINGS
+
+
+def axis_of(concept: str) -> str:
+    for axis, values in AXES.items():
+        if concept in values:
+            return axis
+    from ..errors import ConfigError
+
+    words = ", ".join(v for vals in AXES.values() for v in vals)
+    raise ConfigError("concepts", concept, "not a toy-world concept", f"use one of: {words}")
+
+
+def tidy(text: str) -> str:
+    """Normalise spaces and commas after a word was removed: "a , striped" -> "a, striped"."""
+    out: list[str] = []
+    for w in text.replace(",", " , ").split():
+        if w == "," and (not out or out[-1] == ","):
+            continue
+        out.append(w)
+    while out and out[-1] == ",":
+        out.pop()
+    return " ".join(out).replace(" ,", ",")
+
+
+def fill(phrasing: str, concept: str) -> list[str]:
+    """Every caption of ``phrasing`` that names ``concept`` (others over the whole vocabulary);
+    none if the phrasing has no slot for the concept's kind."""
+    slot = _SLOT[axis_of(concept)]
+    if "{" + slot + "}" not in phrasing:
+        return []
+    others = [k for k in "sct" if k != slot and "{" + k + "}" in phrasing]
+    out = []
+    for values in itertools.product(*(AXES[_VALUES[k]] for k in others)):
+        out.append(phrasing.format(**dict(zip(others, values)), **{slot: concept}))
+    return out
+
+
+def _words(text: str) -> list[str]:
+    return text.replace(",", " , ").split()
+
+
+def without(caption: str, concepts: Sequence[str]) -> str:
+    return tidy(" ".join(w for w in _words(caption) if w not in concepts))
+
+
+def context_pairs(concept: str, phrasings: Sequence[str] = TRAINED_PHRASINGS,
+                  erased: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """(caption, caption without the concept) for every caption of ``phrasings`` naming it; the
+    anchor also leaves out the other ``erased`` concepts the caption names (the target is a
+    caption none of them is in)."""
+    gone = [concept, *erased]
+    return [(c, without(c, gone)) for p in phrasings for c in fill(p, concept)]
+
+
+def neighbours(concepts: Sequence[str], phrasings: Sequence[str] = TRAINED_PHRASINGS
+               ) -> tuple[str, ...]:
+    """Captions of the concepts' contexts with each concept replaced by another value of its kind,
+    without any caption that names an erased concept."""
+    out: set[str] = set()
+    for concept in concepts:
+        for caption, _ in context_pairs(concept, phrasings):
+            for value in AXES[axis_of(concept)]:
+                swapped = " ".join(value if w == concept else w for w in _words(caption))
+                swapped = tidy(swapped)
+                if value != concept and not set(_words(swapped)) & set(concepts):
+                    out.add(swapped)
+    return tuple(sorted(out))
+
+
+def caption_length(caption: str) -> int:
+    """Words the toy tokenizer reads (a comma is a word)."""
+    return len(_words(caption))
+
+
+def efficacy_by_phrasing(model, judges, concepts: Sequence[str], erasure=None, repeats: int = 1,
+                         seed: int = 30_000, steps: int = 20,
+                         phrasings: Sequence[str] = EVAL_PHRASINGS) -> dict[str, dict]:
+    """Efficacy of ``erasure`` (None = the untouched model) per phrasing and per caption length:
+    {"phrasing": {template: rate}, "length": {words: rate}, "n": {template: images}}. Every
+    caption of each phrasing that names an erased concept, ``repeats`` images each, the same
+    noise for every model (image i has seed ``seed + i``)."""
+    import contextlib
+
+    import torch
+
+    from ..denoiser import DiffusersDenoiser
+    from .generation import generate
+    from .judges import judge
+
+    items: list[tuple[str, str, str]] = []  # (phrasing, caption, concept)
+    for phrasing in phrasings:
+        for concept in concepts:
+            for caption in fill(phrasing, concept):
+                items += [(phrasing, caption, concept)] * repeats
+    ctx = (erasure.applied(DiffusersDenoiser(model.unet, model.alphas_cumprod))
+           if erasure is not None else contextlib.nullcontext())
+    with ctx, torch.no_grad():
+        images = generate(model, [c for _, c, _ in items], [seed + i for i in range(len(items))],
+                          steps=steps)
+    pred = judge(images, judges)
+    hits: dict[str, list[int]] = {}
+    by_length: dict[int, list[int]] = {}
+    for i, (phrasing, caption, concept) in enumerate(items):
+        axis = axis_of(concept)
+        still = int(pred[axis][i]) == AXES[axis].index(concept)
+        hits.setdefault(phrasing, []).append(still)
+        by_length.setdefault(caption_length(caption), []).append(still)
+    return {
+        "phrasing": {p: sum(v) / len(v) for p, v in hits.items()},
+        "length": {n: sum(v) / len(v) for n, v in sorted(by_length.items())},
+        "n": {p: len(v) for p, v in hits.items()},
+    }
