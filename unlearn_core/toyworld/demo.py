@@ -8,10 +8,12 @@ Runs offline on the CPU with the committed toy model, judges and tiny CLIP. Writ
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -69,12 +71,12 @@ class TrainingMonitor:
     """Efficacy, retention and CLIP score of the weights being trained, at a few steps.
 
     It scores the student, the weights the optimizer moves; the erasure returned at the end is
-    their EMA teacher (``ema_decay``), which trails them by about 1/(1 - decay) steps. The images
-    are the first of the untouched model's evaluation (``before``): one per erased caption and
-    RETAINED_CHECK retained captions, with the same noise, so the untouched scores cost nothing.
+    their EMA teacher (``ema_decay``), which trails them by about 1/(1 - decay) steps. Captions and
+    noise are those of the first images of the untouched model's evaluation (``untouched()``): one
+    per erased caption and RETAINED_CHECK retained captions, so the untouched scores cost nothing.
     """
 
-    def __init__(self, model, judges, concepts: list[str], steps: int, before, write) -> None:
+    def __init__(self, model, judges, concepts: list[str], steps: int, untouched, write) -> None:
         import torch
 
         from .evaluate import split_prompts
@@ -88,8 +90,8 @@ class TrainingMonitor:
         self.at = sorted({max(1, round(f * steps)) for f in CHECKPOINTS} - {steps})
         self.steps = steps
         self.seconds = 0.0  # spent scoring during training
-        self.base = self.scores(torch.cat([before.images_erased[: self.n],
-                                           before.images_retained[self.keep]]))
+        self.untouched = untouched  # () -> the untouched model's Evaluation, when it is ready
+        self.base: tuple[float, float, float] | None = None
 
     def scores(self, images: torch.Tensor | None = None) -> tuple[float, float, float]:
         """(efficacy, mean accuracy on the retained captions, CLIP score of the erased prompts) of
@@ -120,6 +122,12 @@ class TrainingMonitor:
             return
         started = time.perf_counter()
         eff, acc, clip = self.scores()
+        if self.base is None:
+            import torch
+
+            before = self.untouched()
+            self.base = self.scores(torch.cat([before.images_erased[: self.n],
+                                               before.images_retained[self.keep]]))
         self.seconds += time.perf_counter() - started
         eff0, acc0, clip0 = self.base
         self.write(f"step {step}/{self.steps}, weights being trained: still judged "
@@ -128,17 +136,19 @@ class TrainingMonitor:
                    f"(untouched {clip0:.1f})")
 
 
-def _grid(model, erasure, erased_prompts, retained_prompts) -> torch.Tensor:
-    from ..metrics.images import labelled_grid
-    from .erasure import toy_denoiser
+def _grid_images(model, prompts: list[str]) -> torch.Tensor:
+    """One image per (prompt, grid seed), prompt-major."""
     from .generation import generate
 
-    prompts = list(erased_prompts) + list(retained_prompts)
-    flat = [p for p in prompts for _ in GRID_SEEDS]
-    seeds = [s for _ in prompts for s in GRID_SEEDS]
-    before = generate(model, flat, seeds)
-    with erasure.applied(toy_denoiser(model)):
-        after = generate(model, flat, seeds)
+    return generate(model, [p for p in prompts for _ in GRID_SEEDS],
+                    [s for _ in prompts for s in GRID_SEEDS])
+
+
+def _grid(before: torch.Tensor, after: torch.Tensor, erased_prompts: list[str],
+          retained_prompts: list[str]) -> torch.Tensor:
+    from ..metrics.images import labelled_grid
+
+    prompts = erased_prompts + retained_prompts
 
     def block(x: torch.Tensor) -> torch.Tensor:
         return ((x.clamp(-1, 1) + 1) / 2).reshape(len(prompts), len(GRID_SEEDS), *x.shape[1:])
@@ -149,13 +159,48 @@ def _grid(model, erasure, erased_prompts, retained_prompts) -> torch.Tensor:
                          [f"seed {s}" for s in GRID_SEEDS], min_cell=48)
 
 
+class Background:
+    """``fn()`` in a daemon thread; ``result()`` waits for it and returns it, or raises its error.
+
+    The demo measures the untouched model on a copy of it while the original trains: two
+    single-threaded tasks use two cores without the lock-step waits of two threads per operation
+    (which is what makes intra-op threads slow on a small model when the machine is busy). A daemon
+    thread, so Ctrl-C does not wait for it."""
+
+    def __init__(self, fn) -> None:
+        self._done = threading.Event()
+        self._value = self._error = None
+        threading.Thread(target=self._run, args=(fn,), daemon=True, name="unlearn-untouched").start()
+
+    def _run(self, fn) -> None:
+        try:
+            self._value = fn()
+        except BaseException as e:  # handed to the caller of result()
+            self._error = e
+        finally:
+            self._done.set()
+
+    def result(self):
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..threads import parameter_count, set_threads
     from . import load_judges, load_toy_model
-    from .erasure import erase_toy, toy_config
-    from .evaluate import concept_axis, evaluate, retention_ratio, split_prompts, uncond_rate
+    from .erasure import erase_toy, toy_config, toy_denoiser
+    from .evaluate import (
+        concept_axis,
+        evaluate,
+        retention_ratio,
+        split_prompts,
+        toy_clip,
+        uncond_rate,
+    )
 
     concept_axis(args.concept)  # cheap checks first
     check_threads(args.threads)
@@ -176,13 +221,21 @@ def run(args: argparse.Namespace) -> int:
     print(f"erasing {args.concept!r} from the toy model ({config.method}, loss {config.loss}, "
           f"objective {config.objective}, {config.steps} steps, {threads} CPU "
           f"thread{'s' if threads > 1 else ''})", flush=True)
-    before = evaluate(model, judges, [args.concept], **EVAL)
-    floor = uncond_rate(model, judges, [args.concept], n=48)
-    base_eff = before.efficacy
-    print(f"untouched model: still judged {args.concept!r} {base_eff:.2f} (unconditional floor "
-          f"{floor:.2f}), CLIP score erased prompts {before.clip_erased:.1f}", flush=True)
+    erased_set, retained_set = split_prompts([args.concept])
+    erased_rows, kept_rows = varied_prompts(erased_set), varied_prompts(retained_set)
+    toy_clip()  # loaded once, before two threads use it
+    # The trainer hooks its weight changes into model.unet; the copy stays as loaded.
+    untouched = copy.deepcopy(model)
+
+    def measure_untouched():
+        return (evaluate(untouched, judges, [args.concept], **EVAL),
+                uncond_rate(untouched, judges, [args.concept], n=48),
+                _grid_images(untouched, erased_rows + kept_rows))
+
+    measured = Background(measure_untouched)
     bar = tqdm(total=config.steps, desc="erasing", unit="step", disable=config.method == "uce")
-    monitor = (TrainingMonitor(model, judges, [args.concept], config.steps, before, bar.write)
+    monitor = (TrainingMonitor(model, judges, [args.concept], config.steps,
+                               lambda: measured.result()[0], bar.write)
                if config.method == "train" else None)
 
     def progress(info) -> None:
@@ -198,9 +251,12 @@ def run(args: argparse.Namespace) -> int:
     scoring_seconds = monitor.seconds if monitor is not None else 0.0
     train_seconds = round(result.metadata["seconds"] - scoring_seconds, 3)
     after = evaluate(model, judges, [args.concept], result, **EVAL)
+    with result.applied(toy_denoiser(model)):
+        grid_after = _grid_images(model, erased_rows + kept_rows)
+    before, floor, grid_before = measured.result()
+    base_eff = before.efficacy
     retention = retention_ratio(after, before)
-    erased_set, retained_set = split_prompts([args.concept])
-    grid = _grid(model, result, varied_prompts(erased_set), varied_prompts(retained_set))
+    grid = _grid(grid_before, grid_after, erased_rows, kept_rows)
     seconds = time.perf_counter() - start
     summary = {
         "concept": args.concept,
