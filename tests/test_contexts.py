@@ -156,3 +156,35 @@ def test_toy_eval_phrasings_hold_out_orders_and_the_longest_captions():
     longest = max(caption_length(p.format(s="cross", c="red", t="striped"))
                   for p in HELD_OUT_PHRASINGS)
     assert longest == 6  # the toy tokenizer reads 6 words (8 with its start and end)
+
+
+def _concepts_benchmark():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "concepts.py"
+    spec = importlib.util.spec_from_file_location("concepts_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_concepts_benchmark_rows_and_bars():
+    bench = _concepts_benchmark()
+    targets = bench.parse_targets("all", ["triangle,dotted,blue"])
+    assert len(targets) == sum(len(v) for v in AXES.values()) + 1
+    assert targets[-1] == ("triangle", "dotted", "blue")
+
+    def run(name, method, seed, eff, ret, worst, floor=0.2):
+        return {"concepts": name, "method": method, "seed": seed, "efficacy": eff,
+                "floor": floor, "retention": ret, "worst_phrasing": worst,
+                "length": {3: eff, 6: worst}}
+
+    runs = [run("red", "train", s, 0.0 + 0.01 * s, 0.99, 0.05) for s in range(5)]
+    runs += [run("red", "uce", 0, 0.5, 1.0, 0.6)]
+    runs += [run("striped", "train", s, 0.1 * s, 0.99, 0.1) for s in range(5)]  # too wide
+    table = bench.markdown_table(runs)
+    red = next(line for line in table.splitlines() if line.startswith("| red |"))
+    striped = next(line for line in table.splitlines() if line.startswith("| striped |"))
+    assert red.endswith("| met |") and "0.50 / 1.000" in red and "3: 0.02, 6: 0.05" in red
+    assert striped.endswith("| not met |")

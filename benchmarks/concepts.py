@@ -1,0 +1,194 @@
+"""Every toy-world concept erased with the engine's defaults: one row per vocabulary item (and per
+set of concepts erased at once), against the issue's bars.
+
+For each concept (or set): the untouched model's efficacy and unconditional floor; then, per
+training seed, the erasure with the defaults (``toy_config``: the toy settings, nothing set per
+concept), its efficacy, retention and efficacy per phrasing and caption length
+(``phrasings.EVAL_PHRASINGS``: the toy grammar's five phrasings and five held-out ones, up to the
+six words the tokenizer reads); UCE once (deterministic). Mean and 95% interval over seeds
+(Student t). Bars: efficacy <= floor + 0.05, retention >= 0.97, half-width <= 0.10, the worst
+phrasing inside the efficacy bar.
+
+    python benchmarks/concepts.py --concepts all --seeds 5 --out concepts-out
+    python benchmarks/concepts.py --quick          # two concepts, one seed: a smoke run
+
+Writes concepts.md (table), concepts.json (every run, written after each run) and concepts.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+EFFICACY_MARGIN = 0.05
+RETENTION_BAR = 0.97
+HALF_WIDTH_BAR = 0.10
+
+
+def mean_ci(values: list[float]) -> tuple[float, float]:
+    m = statistics.fmean(values)
+    if len(values) < 2:
+        return m, 0.0
+    return m, _T95.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values))
+
+
+def parse_targets(concepts: str, sets: list[str]) -> list[tuple[str, ...]]:
+    from unlearn_core.toyworld.settings import AXES
+
+    words = [v for values in AXES.values() for v in values]
+    chosen = words if concepts == "all" else [c.strip() for c in concepts.split(",") if c.strip()]
+    targets = [(c,) for c in chosen]
+    targets += [tuple(c.strip() for c in s.split(",") if c.strip()) for s in sets]
+    return targets
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--concepts", default="all", help="'all' or a comma list of toy concepts")
+    ap.add_argument("--set", action="append", default=[], metavar="A,B,C",
+                    help="a set of concepts erased in one run (repeatable)")
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--first-seed", type=int, default=0)
+    ap.add_argument("--repeats", type=int, default=2, help="evaluation images per caption")
+    ap.add_argument("--no-uce", dest="uce", action="store_false")
+    ap.add_argument("--quick", action="store_true", help="red and striped, one seed, 1 repeat")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=Path("concepts-out"))
+    args = ap.parse_args()
+    if args.quick:
+        args.concepts, args.set, args.seeds, args.repeats = "red,striped", [], 1, 1
+
+    import torch
+
+    from unlearn_core.toyworld import load_judges, load_toy_model
+    from unlearn_core.toyworld.erasure import erase_toy, toy_config
+    from unlearn_core.toyworld.evaluate import evaluate, retention_ratio, uncond_rate
+    from unlearn_core.toyworld.phrasings import efficacy_by_phrasing
+
+    torch.set_num_threads(args.threads)
+    model, judges = load_toy_model(verify=True), load_judges(verify=True)
+    targets = parse_targets(args.concepts, args.set)
+    args.out.mkdir(parents=True, exist_ok=True)
+    runs: list[dict] = []
+    baselines: dict[str, dict] = {}
+    started = time.perf_counter()
+
+    def save() -> None:
+        kept = {k: {f: v for f, v in b.items() if f != "evaluation"} for k, b in baselines.items()}
+        (args.out / "concepts.json").write_text(json.dumps({"runs": runs, "baselines": kept},
+                                                           indent=1))
+
+    for concepts in targets:
+        name = ",".join(concepts)
+        base = evaluate(model, judges, concepts, repeats=args.repeats, with_clip=False)
+        floor = uncond_rate(model, judges, concepts)
+        base_phr = efficacy_by_phrasing(model, judges, concepts)
+        baselines[name] = {"efficacy": base.efficacy, "uncond_rate": floor,
+                           "phrasing": base_phr["phrasing"], "length": base_phr["length"],
+                           "evaluation": base}
+        print(f"[{name}] untouched efficacy {base.efficacy:.2f}, floor {floor:.2f}", flush=True)
+    # seed by seed over every target, so a run cut short still covers every concept
+    jobs = [("uce", 0, c) for c in targets] if args.uce else []
+    jobs += [("train", s, c) for s in range(args.first_seed, args.first_seed + args.seeds)
+             for c in targets]
+    for method, seed, concepts in jobs:
+        name = ",".join(concepts)
+        base, floor = baselines[name]["evaluation"], baselines[name]["uncond_rate"]
+        cfg = toy_config(concepts, seed=seed, **({"method": "uce"} if method == "uce" else {}))
+        t0 = time.perf_counter()
+        res = erase_toy(model, cfg)
+        seconds = time.perf_counter() - t0
+        ev = evaluate(model, judges, concepts, res, repeats=args.repeats, with_clip=False)
+        phr = efficacy_by_phrasing(model, judges, concepts, res)
+        row = {"concepts": name, "method": method, "seed": seed, "efficacy": ev.efficacy,
+               "floor": floor, "retention": retention_ratio(ev, base), "seconds": seconds,
+               "unet_evals": res.metadata.get("unet_evals_nograd", 0)
+               + res.metadata.get("unet_evals_grad", 0),
+               "phrasing": phr["phrasing"], "length": phr["length"],
+               "worst_phrasing": max(phr["phrasing"].values()), "config": cfg.to_dict()}
+        runs.append(row)
+        save()
+        print(f"  {name} {method} seed {seed}: efficacy {row['efficacy']:.2f} (floor "
+              f"{floor:.2f}), retention {row['retention']:.3f}, worst phrasing "
+              f"{row['worst_phrasing']:.2f}, {seconds:.0f} s", flush=True)
+    header = (f"Command: `python benchmarks/concepts.py {' '.join(sys.argv[1:])}`  \n"
+              f"Machine: {platform.machine()}, {torch.get_num_threads()} torch thread(s), torch "
+              f"{torch.__version__}; {datetime.now(timezone.utc):%Y-%m-%d}; "
+              f"{time.perf_counter() - started:.0f} s in all.\n\n")
+    table = markdown_table(runs)
+    (args.out / "concepts.md").write_text(header + table)
+    plot(runs, args.out / "concepts.png")
+    print(header + table)
+
+
+def _rows(runs: list[dict], name: str, method: str) -> list[dict]:
+    return [r for r in runs if r["concepts"] == name and r["method"] == method]
+
+
+def markdown_table(runs: list[dict]) -> str:
+    lines = ["| concepts | floor | n | efficacy ↓ | retention ↑ | worst phrasing ↓ | "
+             "efficacy by caption length (words) | UCE efficacy / retention | bars |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name in dict.fromkeys(r["concepts"] for r in runs):
+        rows = _rows(runs, name, "train")
+        if not rows:
+            continue
+        floor = rows[0]["floor"]
+        e, eh = mean_ci([r["efficacy"] for r in rows])
+        ret = [r["retention"] for r in rows]
+        rm, rh = mean_ci(ret)
+        w, wh = mean_ci([r["worst_phrasing"] for r in rows])
+        lengths = sorted({int(k) for r in rows for k in r["length"]})
+        by_len = ", ".join(f"{n}: {statistics.fmean(r['length'][n] for r in rows):.2f}"
+                           for n in lengths)
+        uce = _rows(runs, name, "uce")
+        uce_text = (f"{uce[0]['efficacy']:.2f} / {uce[0]['retention']:.3f}" if uce else "")
+        bar = floor + EFFICACY_MARGIN
+        ok = (e <= bar and rm >= RETENTION_BAR and eh <= HALF_WIDTH_BAR
+              and rh <= HALF_WIDTH_BAR and w <= bar)
+        lines.append(f"| {name} | {floor:.2f} | {len(rows)} | {e:.2f} ± {eh:.2f} | "
+                     f"{rm:.3f} ± {rh:.3f} | {w:.2f} ± {wh:.2f} | {by_len} | {uce_text} | "
+                     f"{'met' if ok else 'not met'} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(runs: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name in dict.fromkeys(r["concepts"] for r in runs):
+        rows = _rows(runs, name, "train")
+        if rows:
+            ex, eh = mean_ci([r["efficacy"] - r["floor"] for r in rows])
+            rx, rh = mean_ci([r["retention"] for r in rows])
+            ax.errorbar(ex, rx, xerr=eh, yerr=rh, fmt="o", capsize=3, label=name)
+        uce = _rows(runs, name, "uce")
+        if uce:
+            ax.plot(uce[0]["efficacy"] - uce[0]["floor"], uce[0]["retention"], "x", color="grey")
+    ax.axvline(EFFICACY_MARGIN, color="red", lw=0.8, ls="--")
+    ax.axhline(RETENTION_BAR, color="red", lw=0.8, ls="--")
+    ax.set_xlabel("efficacy − unconditional floor ↓ (x: UCE)")
+    ax.set_ylabel("retention ↑")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
