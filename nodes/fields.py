@@ -12,4 +12,5 @@ ADVANCED_FIELDS = (
     "trajectory_reuse", "timestep_weighting", "resolution", "uce_lambda", "uce_erase_scale",
     "uce_preserve_scale", "uce_guide", "uce_token", "seed", "gradient_checkpointing",
     "contexts", "trajectory_from",
+    "robust", "robust_every", "robust_inner_steps", "robust_tokens", "robust_weight",
 )

@@ -510,6 +510,31 @@ def vae_decoder(vae: Any, model: Any):
     return decode
 
 
+def vae_encoder(vae: Any, model: Any):
+    """``encode(images (B, 3, H, W) in [0, 1]) -> latents`` in the model's scaled latent space."""
+    latent_format = model.model.latent_format
+
+    def encode(images: Tensor) -> Tensor:
+        latents = vae.encode(images.movedim(1, -1)[..., :3].float().cpu())  # takes (B, H, W, 3)
+        return latent_format.process_in(latents).float().cpu()
+
+    return encode
+
+
+def gradient_scope(model: Any):
+    """A context for the attacks' optimisation on ``model``: loaded fully (its patches in the
+    weights), inference mode off, autograd on, normal clones of the inference-tensor weights
+    (restored after, as in ``run_erase``). Gradients reach only the attack's own rows."""
+    @contextlib.contextmanager
+    def scope() -> Iterator[None]:
+        _load(model)
+        module = model.model.diffusion_model
+        with torch.inference_mode(False), torch.enable_grad(), _normal_weights(module):
+            yield
+
+    return scope
+
+
 def progress_callback(total: int):
     """``on_progress(done, total)`` for the metrics: ProgressBar + Cancel check."""
     pbar = comfy.utils.ProgressBar(total)

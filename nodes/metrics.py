@@ -6,7 +6,9 @@
 - ``UnlearnProbe``: the partial-diffusion probe (base model for the first psi of a trajectory,
   erased model for the rest): the curve, the CCS-style score, the finished images.
 - ``UnlearnReport``: before/after images of erased and retained prompts, scored: a grid, a plot
-  and a summary.
+  and a summary (with a red-team attack's success rate when one is connected).
+- ``UnlearnAttack``: a red-team attack on the erased model (concept inversion, prompt attack, or
+  the probe): the attacked images, the attack success rate and a summary.
 
 Input names are the metrics configs' field names (``ProbeConfig``, ``ReportConfig``) and the core
 functions' argument names, so the core's errors name the widget to change. IMAGE tensors are
@@ -21,6 +23,7 @@ from typing import Any
 
 import torch
 
+from ..unlearn_core.attacks.config import KINDS, AttackConfig
 from ..unlearn_core.config import _check_field
 from ..unlearn_core.errors import ConfigError
 from ..unlearn_core.metrics.config import ProbeConfig, ReportConfig, parse_psis, parse_seeds
@@ -31,6 +34,7 @@ from .widgets import field_input
 
 CATEGORY = "unlearn/measure"
 CLIP_MODEL = "UNLEARN_CLIP"
+ATTACK = "UNLEARN_ATTACK"
 AUTO_ARCH = "auto (from the file)"
 
 TEMPLATE_TIP = ("How each prompt is put to CLIP: '{}' is the prompt itself; e.g. 'a photo of {}'. "
@@ -304,6 +308,8 @@ class UnlearnReport:
         return {"required": required, "optional": {
             "erasure": ("UNLEARN_ERASURE", {"tooltip": "The erasure, for its loss curve and name "
                                                        "in the report."}),
+            "attack": (ATTACK, {"tooltip": "A Red-Team Attack's result: its attack success rate "
+                                           "is added to the summary."}),
         }}
 
     @classmethod
@@ -311,7 +317,7 @@ class UnlearnReport:
         return widget_problem(cls, ReportConfig, seeds=seeds, guidance=guidance) or True
 
     def report(self, base_model, erased_model, clip, vae, scorer, width, height, template,
-               erasure=None, **values):
+               erasure=None, attack=None, **values):
         from ..unlearn_core.metrics.report import build_report
         from ..unlearn_core.metrics.scorers import ClipScorer
 
@@ -330,8 +336,74 @@ class UnlearnReport:
             loss_history=list(erasure.loss_history) if erasure is not None else [],
             title=title, on_progress=host.progress_callback(2 * n_images))
         summary = report.markdown()
+        if attack is not None:
+            summary += "\n\n**Red-team attack**: " + attack.summary()
         return {"ui": {"text": [summary]},
                 "result": (to_comfy_image(report.grid), to_comfy_image(report.plot), summary)}
+
+
+class UnlearnAttack:
+    """Red-team your own erasure: try to bring the concept back, and count how often it works."""
+
+    CATEGORY = CATEGORY
+    FUNCTION = "attack"
+    RETURN_TYPES = ("IMAGE", "FLOAT", "STRING", ATTACK)
+    RETURN_NAMES = ("images", "asr", "summary", "attack")
+    OUTPUT_NODE = True
+    OUTPUT_TOOLTIPS = ("The images generated with the attack (the probe: every psi x seed).",
+                       "Attack success rate: the share of images whose CLIP score for the concept "
+                       "reaches the threshold (lower is better).",
+                       "A one-line summary: ASR with its 95% interval, the rate without attack, "
+                       "the budget and the UNet evaluations spent.",
+                       "The attack's result, for the Erasure Report.")
+    DESCRIPTION = ("Attacks the erased model to revive the concept. concept_inversion (CCE-style) "
+                   "learns a few new token rows in an empty prompt with the denoising loss on "
+                   "images of the concept (the base model's, or yours); prompt_attack "
+                   "(UnlearnDiffAtk-style) optimises rows appended to the concept prompt; probe "
+                   "lets the base model start each image. Neither model is modified.")
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        required = _model_inputs("The erased model to attack (Erase Concept's MODEL, or a LoRA "
+                                 "loaded).")
+        for name in ("concept", "kind", "steps", "batch_size", "tokens", "targets", "threshold",
+                     "seeds", "psis", "guidance", "sampling_steps", "batch", "seed"):
+            required[name] = field_input(name, config=AttackConfig)
+        required["threshold"][1].update(default=25.0, max=100.0)
+        required.update(_size_inputs())
+        required["template"] = ("STRING", {"default": "{}", "tooltip": TEMPLATE_TIP})
+        return {"required": required, "optional": {
+            "images": ("IMAGE", {"tooltip": "Your own images of the concept, as the attack's "
+                                            "targets (instead of the base model's)."}),
+        }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, seeds=None, psis=None, guidance=None, threshold=None, kind=None):
+        if kind is not None and kind not in KINDS:
+            return f"kind = {kind!r}: unknown attack. Fix: choose one of {', '.join(KINDS)}."
+        return widget_problem(cls, AttackConfig, seeds=seeds, psis=psis, guidance=guidance,
+                              threshold=threshold) or True
+
+    def attack(self, base_model, erased_model, clip, vae, scorer, width, height, template,
+               images=None, **values):
+        from ..unlearn_core.attacks.core import attack
+        from ..unlearn_core.metrics.scorers import ClipScorer
+
+        config = AttackConfig(**values)  # checks the widgets before anything runs
+        base = host.sampling_denoiser(base_model, "base_model")
+        erased = host.sampling_denoiser(erased_model, "erased_model")
+        emb = host.text_encoder(clip)([config.concept, ""])
+        targets = None
+        if images is not None:
+            targets = host.vae_encoder(vae, base_model)(to_core_images(images))
+        result = attack(base, erased, emb[:1], emb[1:], ClipScorer(scorer, template), config,
+                        host.vae_decoder(vae, base_model),
+                        latent_shape=(4, height // 8, width // 8), targets=targets,
+                        on_progress=host.progress_callback(1),
+                        grad_scope=host.gradient_scope(erased_model))
+        summary = result.summary()
+        return {"ui": {"text": [summary]},
+                "result": (to_comfy_image(result.images), result.asr, summary, result)}
 
 
 NODE_CLASS_MAPPINGS: dict[str, Any] = {
@@ -340,6 +412,7 @@ NODE_CLASS_MAPPINGS: dict[str, Any] = {
     "UnlearnDirectionalSimilarity": UnlearnDirectionalSimilarity,
     "UnlearnProbe": UnlearnProbe,
     "UnlearnReport": UnlearnReport,
+    "UnlearnAttack": UnlearnAttack,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "UnlearnCLIPLoader": "CLIP Loader for Scores (Unlearn)",
@@ -347,4 +420,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "UnlearnDirectionalSimilarity": "CLIP Directional Similarity (Unlearn)",
     "UnlearnProbe": "Partial-Diffusion Probe (Unlearn)",
     "UnlearnReport": "Erasure Report (Unlearn)",
+    "UnlearnAttack": "Red-Team Attack (Unlearn)",
 }

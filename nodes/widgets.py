@@ -42,6 +42,10 @@ UI_HINTS: dict[str, dict[str, Any]] = {
     "uce_erase_scale": {"step": 0.1, "max": 100.0},
     "uce_preserve_scale": {"step": 0.1, "max": 100.0},
     "seed": {"max": SEED_MAX},
+    "robust_every": {"max": 100000},
+    "robust_inner_steps": {"max": 10000},
+    "robust_weight": {"step": 0.05, "max": 100.0},
+    "threshold": {"step": 0.5},
 }
 
 MULTILINE = {"concepts", "retain_prompts", "contexts", "erased_prompts", "retained_prompts"}

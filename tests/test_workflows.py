@@ -28,7 +28,8 @@ def test_the_examples_are_all_there():
     assert FILES == sorted([
         "erase_identity.json", "erase_nudity.json", "erase_artistic_style.json",
         "erase_logo.json", "erase_three_concepts.json", "erase_and_save_lora.json",
-        "load_erasure_lora.json", "erase_with_uce.json", "erase_and_report.json"])
+        "load_erasure_lora.json", "erase_with_uce.json", "erase_and_report.json",
+        "red_team_erasure.json"])
 
 
 def test_files_are_the_generators_output():
@@ -124,6 +125,9 @@ def to_prompt(comfy_host, workflow: dict, ckpt: str, lora: str | None = None) ->
         elif kind == "UnlearnCLIPLoader":
             inputs.update(clip_arch="auto (from the file)",
                           clip_weights=nh.toy_clip_file(comfy_host))
+        elif kind == "UnlearnAttack":
+            inputs.update(seeds="0", sampling_steps=2, width=64, height=64, steps=2, batch_size=1,
+                          targets=1, psis="0.5")
         elif kind in ("UnlearnReport", "UnlearnProbe"):
             inputs.update(seeds="0", sampling_steps=2, width=64, height=64)
             if kind == "UnlearnProbe":
