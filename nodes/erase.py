@@ -187,6 +187,19 @@ def _erase(model: Any, clip: Any, config: EraseConfig, label: str, **cond: Any):
 
 # ---- the nodes ------------------------------------------------------------------------------
 
+def simple_config(concepts: str, preset: str, loss: str, steps: int, seed: int) -> EraseConfig:
+    """The simple node's config: the defaults, the core's "fast" loop, the kind of concept's
+    settings (``presets.USE_CASES``), then the node's four widgets."""
+    if preset not in USE_CASES:
+        raise ConfigError("preset", preset, "unknown preset",
+                          f"choose one of: {', '.join(USE_CASES)}")
+    values = {**node_defaults(), **USE_CASES[preset]}
+    values.update(concepts=concepts, loss=loss, steps=steps, seed=seed)
+    if loss == "cramer_wold":  # compares sets of predictions: needs a batch of 2 or more
+        values["batch_size"] = max(2, values["batch_size"])
+    return build_config(values)
+
+
 class UnlearnEraseConcept:
     """Erase a concept from an SD-1.x MODEL by self-distillation: one node, sensible settings."""
 
@@ -217,14 +230,7 @@ class UnlearnEraseConcept:
         return concepts_problem(concepts) or True
 
     def erase(self, model, clip, concepts, preset, loss, steps, seed):
-        if preset not in USE_CASES:
-            raise ConfigError("preset", preset, "unknown preset",
-                              f"choose one of: {', '.join(USE_CASES)}")
-        values = {**node_defaults(), **USE_CASES[preset]}
-        values.update(concepts=concepts, loss=loss, steps=steps, seed=seed)
-        if loss == "cramer_wold":  # compares sets of predictions: needs a batch of 2 or more
-            values["batch_size"] = max(2, values["batch_size"])
-        config = build_config(values)
+        config = simple_config(concepts, preset, loss, steps, seed)
         erased, result = _erase(model, clip, config, "Erase Concept")
         return (erased, result, loss_plot(result.loss_history, f"{preset} ({config.loss})"))
 

@@ -16,7 +16,6 @@ from ..unlearn_core.config import PRESETS, EraseConfig, config_fields
 from ..unlearn_core.errors import ConfigError
 from ..unlearn_core.selection import SELECTIONS
 
-NODE_PRESET = "fast"  # the core preset the nodes start from (tuned in unlearn_core.config.PRESETS)
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
 
 # Per-field widget hints the config does not carry: step, slider bounds, exclusive minimums.
@@ -52,10 +51,10 @@ MULTILINE = {"concepts", "retain_prompts", "contexts", "erased_prompts", "retain
 
 
 def node_defaults() -> dict[str, Any]:
-    """Every config field's default with the core's node preset applied (read at each call, so a
-    retuned preset shows up without touching the nodes)."""
+    """Every config field's default with the core's "fast" loop applied (read at each call, so a
+    retuned loop shows up without touching the nodes)."""
     values = {name: f.default for name, f in config_fields().items()}
-    values.update(PRESETS.get(NODE_PRESET, {}))
+    values.update(PRESETS["fast"])
     return values
 
 
