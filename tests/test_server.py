@@ -17,11 +17,12 @@ pytestmark = pytest.mark.comfy
 
 OUR_NODES = ("UnlearnEraseConcept", "UnlearnEraseConceptAdvanced", "UnlearnEraseConceptUCE",
              "UnlearnSaveLoRA", "UnlearnApplyErasure", "UnlearnCLIPLoader", "UnlearnCLIPScore",
-             "UnlearnDirectionalSimilarity", "UnlearnProbe", "UnlearnReport")
+             "UnlearnDirectionalSimilarity", "UnlearnProbe", "UnlearnReport", "UnlearnAttack")
 
 
 def test_object_info_lists_every_node_with_its_inputs(comfy_server, comfy_host):
     info = comfy_server.get("/object_info")
+    assert {k for k, v in info.items() if v["category"].startswith("unlearn")} == set(OUR_NODES)
     for name in OUR_NODES:
         node = info[name]
         cls = comfy_host.node_classes[name]

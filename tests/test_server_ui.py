@@ -132,7 +132,7 @@ def test_web_ui_knows_our_nodes(page):
                                    "UnlearnEraseConceptUCE", "UnlearnSaveLoRA",
                                    "UnlearnApplyErasure", "UnlearnCLIPLoader", "UnlearnCLIPScore",
                                    "UnlearnDirectionalSimilarity", "UnlearnProbe",
-                                   "UnlearnReport"])
+                                   "UnlearnReport", "UnlearnAttack"])
     assert page_errors(browser.exceptions) == []
 
 
