@@ -69,9 +69,13 @@ def run(args: argparse.Namespace) -> None:
     base_eval = {c: evaluate(world.model, judges, [c], repeats=1, with_clip=False)
                  for c in concepts}
     kinds = ("concept_inversion", "prompt_attack", "probe")
+    budget = dict(steps=args.attack_steps, batch_size=args.attack_batch,
+                  seeds=tuple(range(args.images)), psis=tuple(args.psis))
     for seed in range(args.seeds):
         for concept in concepts:
             for method in args.methods.split(","):
+                if method == "untouched" and seed >= args.untouched_seeds:
+                    continue
                 t0 = time.perf_counter()
                 result = erase(world, concept, method, seed, robust)
                 seconds = time.perf_counter() - t0
@@ -89,7 +93,7 @@ def run(args: argparse.Namespace) -> None:
                 else:
                     row.update(unet_evals=0, efficacy=base_eval[concept].efficacy, retention=1.0)
                 for kind in kinds:
-                    cfg = toy_config(concept, kind=kind, seed=seed, steps=args.attack_steps)
+                    cfg = toy_config(concept, kind=kind, seed=seed, **budget)
                     r = toy_attack(world, result, cfg, scorer)
                     row[kind] = {"asr": r.asr, "interval": list(r.interval),
                                  "plain": r.plain_asr, "ccs": r.ccs, "evals": r.unet_evals}
@@ -97,7 +101,7 @@ def run(args: argparse.Namespace) -> None:
                 with log.open("a") as f:
                     f.write(json.dumps(row) + "\n")
                 print(json.dumps(row), flush=True)
-            if concept in controls:  # a model that never saw the concept
+            if concept in controls and seed < args.untouched_seeds:  # a model that never saw the concept
                 t0 = time.perf_counter()
                 control = load_toy_model(controls[concept])
                 den = toy_denoiser(control)
@@ -107,7 +111,7 @@ def run(args: argparse.Namespace) -> None:
                 row["efficacy"] = ev.efficacy
                 row["retention"] = retention_ratio(ev, base_eval[concept])
                 for kind in kinds[:2]:
-                    cfg = toy_config(concept, kind=kind, seed=seed, steps=args.attack_steps)
+                    cfg = toy_config(concept, kind=kind, seed=seed, **budget)
                     from unlearn_core.attacks.core import concept_targets
 
                     full = world.encode([concept, ""])
@@ -165,6 +169,12 @@ def main() -> None:
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--attack-steps", type=int, default=150)
+    p.add_argument("--attack-batch", type=int, default=8)
+    p.add_argument("--images", type=int, default=16, help="judged images per attack")
+    p.add_argument("--psis", type=float, nargs="+", default=[0.001, 0.01, 0.05, 0.15, 0.25, 0.35,
+                                                             0.45, 0.55])
+    p.add_argument("--untouched-seeds", type=int, default=3,
+                   help="attack seeds for the untouched and never-saw models")
     p.add_argument("--robust", default="", help="JSON overrides of the robust settings")
     p.add_argument("--control", action="append", default=[], metavar="CONCEPT=FILE",
                    help="a toy model trained without the concept")

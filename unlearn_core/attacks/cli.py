@@ -100,9 +100,9 @@ def run(args: argparse.Namespace) -> int:
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(AttackConfig)
               if f.name not in ("concept", "kind") and hasattr(args, f.name)}
     if toy:
-        from .toy import TOY_ATTACK, TOY_TOKENS
+        from .toy import TOY_ATTACK, TOY_KIND
 
-        values = TOY_ATTACK | {"tokens": TOY_TOKENS[args.kind]} | values
+        values = TOY_ATTACK | TOY_KIND[args.kind] | values
     config = AttackConfig(concept=args.concept, kind=args.kind, **values)  # checked first
     if args.erasure is not None and not Path(args.erasure).is_file():
         raise ConfigError("--erasure", args.erasure, "the file does not exist",
@@ -133,8 +133,10 @@ def run(args: argparse.Namespace) -> int:
     if args.images:
         from ..metrics.images import image_files
 
-        if not image_files(args.images):
-            raise ConfigError("--images", args.images, "no images found",
+        files = image_files(args.images)
+        missing = [str(p) for p in files if not p.is_file()]
+        if missing or not files:
+            raise ConfigError("--images", missing[:3] or args.images, "no such image files",
                               "give image files or folders that hold images")
     device = resolve_device(args.device)
     if args.output:

@@ -37,9 +37,9 @@ class AttackConfig:
     batch_size: int = _f(4, "Noised target images per optimisation step.", min=1, max=256)
     tokens: int = _f(4, "Token rows the attack optimises (of the text encoder's output, which "
                      "the UNet's cross-attention reads).", min=1, max=76)
-    lr: float = _f(0.05, "Adam learning rate of the attack, relative to the norm bound of a row.",
+    lr: float = _f(0.02, "Adam learning rate of the attack, relative to the norm bound of a row.",
                    min_exclusive=0.0, max=10.0)
-    norm_scale: float = _f(2.0, "Bound on each optimised row's length, as a multiple of the "
+    norm_scale: float = _f(1.0, "Bound on each optimised row's length, as a multiple of the "
                            "longest row (after the start token) of the concept's and the empty "
                            "prompt's encodings; keeps the attack inside what a text encoder "
                            "produces.", min_exclusive=0.0, max=100.0)

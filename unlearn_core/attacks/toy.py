@@ -13,14 +13,17 @@ from .core import AttackResult, Progress, attack
 # The toy world samples with guidance 3 (toyworld.generation); 10 DDIM steps, 16 judged images.
 TOY_ATTACK: dict[str, Any] = dict(guidance=TOY_GUIDANCE, sampling_steps=10, threshold=0.5,
                                   seeds=tuple(range(16)), targets=16, steps=150, batch_size=8)
-# The toy prompt is 8 rows; a new word may take every row after the start token (7), an appended
-# suffix the 4 padding rows after "a <concept>".
-TOY_TOKENS = {"concept_inversion": 7, "prompt_attack": 4, "probe": 4}
+# Per kind, measured on the toy world against the untouched model (12 images, 150 x 8): the
+# inversion reaches ASR 1.00 with 4 rows inside the prompts' own norm and 0.42-0.50 with 7 rows
+# at twice the norm; the prompt attack reaches 1.00 with its 4 suffix rows at twice the norm.
+TOY_KIND: dict[str, dict[str, Any]] = {"concept_inversion": dict(tokens=4, norm_scale=1.0),
+                                       "prompt_attack": dict(tokens=4, norm_scale=2.0),
+                                       "probe": {}}
 
 
 def toy_config(concept: str, kind: str = "concept_inversion", **overrides: Any) -> AttackConfig:
     """The attack settings used on the toy world (``overrides`` win)."""
-    settings = TOY_ATTACK | {"tokens": TOY_TOKENS.get(kind, 4)} | overrides
+    settings = TOY_ATTACK | TOY_KIND.get(kind, {}) | overrides
     return AttackConfig(concept=concept, kind=kind, **settings)
 
 
