@@ -101,9 +101,15 @@ def test_cancel_stops_the_attack_and_restores_the_weights(comfy_host, small_sd15
     (dict(threshold=float("nan")), "threshold = nan"),
 ])
 def test_bad_widgets_are_refused_when_queued(comfy_host, small_sd15_ckpt, inputs, start):
-    result = comfy_host.run(_graph(comfy_host, small_sd15_ckpt, **inputs))
-    assert not result.valid
-    assert start in str(result.node_errors)
+    prompt = _graph(comfy_host, small_sd15_ckpt, **inputs)
+    for node_id in [k for k, v in prompt.items() if v["class_type"] in ("SaveImage",
+                                                                          "PreviewImage")]:
+        del prompt[node_id]  # the attack is the only output: nothing of the prompt runs
+    result = comfy_host.run(prompt)
+    assert not result.valid and result.messages == []
+    [error] = result.node_errors["90"]["errors"]
+    assert error["type"] == "custom_validation_failed"
+    assert error["details"].startswith(start) and "Fix:" in error["details"]
 
 
 def test_a_blank_concept_names_the_input_before_sampling(comfy_host, small_sd15_ckpt,
