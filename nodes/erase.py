@@ -18,12 +18,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import torch
-
-from ..unlearn_core.conditioning import Conditioning
+from ..unlearn_core.conditioning import Conditioning, EncodedRows, encode_conditioning
 from ..unlearn_core.config import EraseConfig, config_fields
 from ..unlearn_core.errors import ConfigError
-from ..unlearn_core.prompts import check_config_prompts, trajectory_prompt
 from .lazy_host import host
 from .plot import loss_plot
 from .presets import USE_CASE_HELP, USE_CASES
@@ -92,96 +89,23 @@ def _labels(text: tuple[str, ...], rows: list, input_name: str, cond_name: str) 
     return text
 
 
-def make_conditioning(clip: Any, config: EraseConfig, concept_conditioning: Any = None,
-                      anchor_conditioning: Any = None, retain_conditioning: Any = None
+def make_conditioning(clip: Any, config: EraseConfig, rows: EncodedRows | None = None
                       ) -> Conditioning:
-    """Embeddings for ``config``: text through ``clip``, or the CONDITIONING inputs where given.
-
-    ``anchor_conditioning`` is what the concepts are mapped to: for training it replaces the empty
-    prompt (the target, and the sampler's negative); for UCE it is the guide.
-    """
-    concept_rows = (host.conditioning_rows(concept_conditioning, "concept_conditioning")
-                    if concept_conditioning is not None else None)
-    retain_rows = (host.conditioning_rows(retain_conditioning, "retain_conditioning")
-                   if retain_conditioning is not None else None)
-    anchor_rows = (host.conditioning_rows(anchor_conditioning, "anchor_conditioning")
-                   if anchor_conditioning is not None else None)
-    # The prompt-length rule, on the texts that will be encoded, before any is.
-    given = [name for name, rows in (("concepts", concept_rows), ("retain_prompts", retain_rows),
-                                     ("uce_guide", anchor_rows)) if rows is not None]
-    count = token_counter(clip) if clip is not None else None
-    if count is not None:
-        check_config_prompts(config, count, skip=given)
-    if anchor_rows is not None and len(anchor_rows) != 1:
-        raise ConfigError("anchor_conditioning", f"{len(anchor_rows)} entries",
-                          "needs exactly one prompt", "connect a single CLIP Text Encode")
-    if anchor_rows is not None and config.uce_guide:
-        raise ConfigError("uce_guide", config.uce_guide,
-                          "both uce_guide text and anchor_conditioning are given",
-                          "clear uce_guide or disconnect anchor_conditioning")
-
-    training = config.method == "train"
-    texts: list[str] = []
-    if concept_rows is None:
-        texts += list(config.concepts)
-        if training:  # SDD samples its training states from the concepts' joint prompt
-            texts.append(trajectory_prompt(config.concepts, count))
-    if anchor_rows is None:
-        texts.append("")
-    if retain_rows is None:
-        texts += list(config.retain_prompts)
-    guide_text = config.method == "uce" and bool(config.uce_guide) and anchor_rows is None
-    if guide_text:
-        texts.append(config.uce_guide)
-    embs, last = host.encode_prompts(clip, texts) if texts else ([], [])
-    emb_it, last_it = iter(embs), iter(last)
-
-    def take(n: int) -> tuple[list, list]:
-        return [next(emb_it) for _ in range(n)], [next(last_it) for _ in range(n)]
-
-    trajectory = None
-    if concept_rows is None:
-        concepts, concept_last = take(len(config.concepts))
-        if training:
-            (trajectory,), _ = take(1)
-    else:
-        concepts, concept_last = concept_rows, None
-        if training:
-            trajectory = torch.cat(concept_rows, dim=1)  # as ComfyUI's "Conditioning (Concat)"
-    if anchor_rows is None:
-        (empty,), (empty_last,) = take(1)
-    else:
-        (empty,), empty_last = anchor_rows, None
-    if retain_rows is None:
-        retain, retain_last = take(len(config.retain_prompts))
-    else:
-        retain, retain_last = retain_rows, None
-    guide, guide_last = None, empty_last
-    if guide_text:
-        (guide,), (guide_last,) = take(1)
-    elif anchor_rows is not None:
-        guide = anchor_rows[0]
-
-    if training:  # one token length for all, so prompts can share a batch
-        n = len(concepts)
-        same = host.common_length([*concepts, trajectory, empty, *retain])
-        concepts, trajectory, empty, retain = same[:n], same[n], same[n + 1], same[n + 2:]
-    if concept_last is not None and (guide_last is None or None in concept_last):
-        concept_last = None  # positions unknown on one side: UCE aligns all tokens
-    if concept_last is None and config.method == "uce" and config.uce_token == "last":
+    """The core's ``encode_conditioning`` with ComfyUI's CLIP for the texts and the CONDITIONING
+    inputs, where connected, for the texts they replace (``rows``)."""
+    cond = encode_conditioning(host.text_encoder(clip), config, host.last_tokens(clip),
+                               token_counter(clip) if clip is not None else None, rows=rows)
+    if cond.concept_last_token is None and config.method == "uce" and config.uce_token == "last":
         log.warning("UCE: last-token positions unknown for conditioning inputs; using all tokens")
-    return Conditioning(
-        concepts=concepts, empty=empty, trajectory=trajectory, retain=retain, guide=guide,
-        concept_last_token=concept_last,
-        retain_last_token=None if retain_last is None or None in retain_last else retain_last,
-        guide_last_token=guide_last or 0,
-    )
+    return cond
 
 
-def _erase(model: Any, clip: Any, config: EraseConfig, label: str, **cond: Any):
-    host.check_sd1(model)  # cheap checks first: nothing is loaded or copied before these
-    conditioning = make_conditioning(clip, config, **cond)
-    result = host.run_erase(model, conditioning, config, label=label)
+def _erase(model: Any, clip: Any, config: EraseConfig, label: str,
+           rows: EncodedRows | None = None):
+    """One host call: checks the MODEL, builds the conditioning, trains; returns the patched
+    clone and the erasure."""
+    result = host.run_erase(model, lambda: make_conditioning(clip, config, rows), config,
+                            label=label)
     return host.patched_clone(model, result.deltas, 1.0), result
 
 
@@ -267,19 +191,19 @@ class UnlearnEraseConceptAdvanced:
     def erase(self, model, clip, concept_conditioning=None, anchor_conditioning=None,
               retain_conditioning=None, **values):
         values = dict(values)
-        if concept_conditioning is not None:
-            rows = host.conditioning_rows(concept_conditioning, "concept_conditioning")
-            values["concepts"] = _labels(lines(values.get("concepts")), rows, "concepts",
+        rows = EncodedRows(*(
+            host.conditioning_rows(cond, name) if cond is not None else None
+            for cond, name in ((concept_conditioning, "concept_conditioning"),
+                               (anchor_conditioning, "anchor_conditioning"),
+                               (retain_conditioning, "retain_conditioning"))))
+        if rows.concepts is not None:
+            values["concepts"] = _labels(lines(values.get("concepts")), rows.concepts, "concepts",
                                          "concept_conditioning")
-        if retain_conditioning is not None:
-            rows = host.conditioning_rows(retain_conditioning, "retain_conditioning")
-            values["retain_prompts"] = _labels(lines(values.get("retain_prompts")), rows,
+        if rows.retain is not None:
+            values["retain_prompts"] = _labels(lines(values.get("retain_prompts")), rows.retain,
                                                "retain_prompts", "retain_conditioning")
         config = build_config(values)
-        erased, result = _erase(model, clip, config, "Erase Concept (Advanced)",
-                                concept_conditioning=concept_conditioning,
-                                anchor_conditioning=anchor_conditioning,
-                                retain_conditioning=retain_conditioning)
+        erased, result = _erase(model, clip, config, "Erase Concept (Advanced)", rows)
         title = f"{config.method} {config.objective} ({config.loss})"
         return (erased, result, loss_plot(result.loss_history, title))
 

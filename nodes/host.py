@@ -25,10 +25,9 @@ import ast
 import contextlib
 import inspect
 import logging
-import math
 import textwrap
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,7 @@ import folder_paths
 import torch
 from tqdm import tqdm
 
-from ..unlearn_core.conditioning import Conditioning
+from ..unlearn_core.conditioning import Conditioning, common_length
 from ..unlearn_core.config import EraseConfig
 from ..unlearn_core.delta import Delta
 from ..unlearn_core.errors import ConfigError, ModelError
@@ -332,17 +331,6 @@ def conditioning_rows(cond: Any, input_name: str) -> list[Tensor]:
     return rows
 
 
-def common_length(embs: Sequence[Tensor]) -> list[Tensor]:
-    """Repeat each (1, L, D) embedding along L to the lowest common multiple of the lengths.
-
-    ComfyUI's own answer to prompts longer than 77 tokens: attention over a repeated key/value
-    sequence equals attention over one copy, and prompts of different lengths can share a batch.
-    """
-    lengths = {int(e.shape[1]) for e in embs}
-    target = math.lcm(*lengths)
-    return [e if e.shape[1] == target else e.repeat(1, target // e.shape[1], 1) for e in embs]
-
-
 # ---- one erasure ----------------------------------------------------------------------------
 
 def check_interrupt() -> None:
@@ -375,13 +363,17 @@ class _ProgressText:
             self._send(text)
 
 
-def run_erase(model: Any, conditioning: Conditioning, config: EraseConfig,
-              label: str = "Unlearn") -> EraseResult:
+def run_erase(model: Any, conditioning: Conditioning | Callable[[], Conditioning],
+              config: EraseConfig, label: str = "Unlearn") -> EraseResult:
     """The core's ``erase`` on a ComfyUI MODEL; the MODEL's weights are never written.
 
+    ``conditioning`` may be a callable that builds it: it runs after the MODEL passed the cheap
+    checks, so a wrong model is named before any prompt is encoded.
     Progress goes to ComfyUI's ProgressBar and a console tqdm bar; Cancel is checked every step.
     """
     check_sd1(model)
+    if callable(conditioning):
+        conditioning = conditioning()
     training = config.method == "train"
     if training:  # the core checks this too, but only after the weights were cloned
         check_rank(config, select_layers(model.model.diffusion_model, config.selection))
@@ -496,6 +488,14 @@ def text_encoder(clip: Any, input_name: str = "clip"):
         return torch.cat(common_length(embs))
 
     return encode
+
+
+def last_tokens(clip: Any):
+    """``last(prompts)``: each prompt's last real token index in ``clip``'s tokens (UCE)."""
+    def last(prompts: Sequence[str]) -> list[int | None]:
+        return [_last_token(clip.tokenize(text)) for text in prompts]
+
+    return last
 
 
 def vae_decoder(vae: Any, model: Any):

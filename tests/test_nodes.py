@@ -665,3 +665,32 @@ def test_saved_activation_copies_only_where_the_hosts_sd1_path_adds_in_place(com
     # rather than adding to them; the copies of tensors that stay alive anyway (block inputs,
     # tensors saved twice) are the waste -- about 7% of the activation bytes on the small UNet.
     assert bytes_without < bytes_with, (bytes_without, bytes_with)
+
+
+def test_nodes_build_the_cores_conditioning(comfy_host, small_sd15_ckpt):
+    """One conditioning builder for every front end: the node's equals the core's
+    ``encode_conditioning`` fed ComfyUI's CLIP -- contexts (the concept inside captions) included
+    -- and CONDITIONING inputs stand in for the texts they replace."""
+    import comfy.sd
+    import folder_paths
+    import torch
+
+    erase = nh.pack_module("nodes.erase")
+    host = nh.pack_module("nodes.host")
+    core = nh.pack_module("unlearn_core.conditioning")
+    config_mod = nh.pack_module("unlearn_core.config")
+    path = folder_paths.get_full_path("checkpoints", small_sd15_ckpt)
+    with torch.inference_mode():
+        _, clip, _, _ = comfy.sd.load_checkpoint_guess_config(path)
+        config = config_mod.EraseConfig(concepts=("a dog", "a cat"), retain_prompts=("a fox",))
+        cond = erase.make_conditioning(clip, config)
+        want = core.encode_conditioning(host.text_encoder(clip), config)
+        assert [len(p) for p in cond.contexts] == [len(core.DEFAULT_CONTEXTS)] * 2
+        for got_pairs, want_pairs in zip(cond.contexts, want.contexts):
+            for (gp, ga), (wp, wa) in zip(got_pairs, want_pairs):
+                assert torch.equal(gp, wp) and torch.equal(ga, wa)
+        assert all(torch.equal(a, b) for a, b in zip(cond.concepts, want.concepts))
+        # A retain CONDITIONING replaces the retain text; the rest is encoded as before.
+        row = host.text_encoder(clip)(["a wolf"])
+        given = erase.make_conditioning(clip, config, core.EncodedRows(retain=[row]))
+        assert torch.equal(given.retain[0], row) and torch.equal(given.empty, cond.empty)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -101,59 +102,152 @@ def template_pairs(templates: Sequence[str]) -> ContextPairs:
     return pairs
 
 
+@dataclass
+class EncodedRows:
+    """Conditioning a front end already has as embeddings (ComfyUI's CONDITIONING inputs), each a
+    list of (1, L, D) rows; a field left ``None`` is encoded from the config's text.
+
+    ``concepts``: one row per concept (their text lines are then only labels). ``anchor``: exactly
+    one row, what the concepts are mapped to -- for training it replaces the empty prompt (the
+    target and the sampler's negative), for UCE it is the guide. ``retain``: retain prompts.
+    """
+
+    concepts: list[Tensor] | None = None
+    anchor: list[Tensor] | None = None
+    retain: list[Tensor] | None = None
+
+
+def common_length(embs: Sequence[Tensor]) -> list[Tensor]:
+    """Repeat each (1, L, D) embedding along L to the lowest common multiple of the lengths.
+
+    Attention over a repeated key/value sequence equals attention over one copy (softmax weights
+    split evenly between the copies), so prompts of different token lengths (77, 154, ...) can
+    share a batch without changing any prediction.
+    """
+    lengths = {int(e.shape[1]) for e in embs}
+    if len(lengths) <= 1:
+        return list(embs)
+    target = math.lcm(*lengths)
+    return [e if e.shape[1] == target else e.repeat(1, target // e.shape[1], 1) for e in embs]
+
+
 def encode_conditioning(encode: Callable[[Sequence[str]], Tensor], config: EraseConfig,
                         last_token: Callable[[Sequence[str]], list[int]] | None = None,
                         count_tokens: Callable[[str], int] | None = None,
-                        context_pairs: ContextPairs | None = None) -> Conditioning:
-    """Build the conditioning from text with ``encode(list of str) -> (N, L, D)``.
+                        context_pairs: ContextPairs | None = None,
+                        rows: EncodedRows | None = None) -> Conditioning:
+    """The conditioning of one erasure, for every front end (CLI, ComfyUI nodes, toy world).
 
+    Texts go through ``encode(list of str) -> (N, L, D)`` in one call; ``rows`` (see
+    ``EncodedRows``) stand in for the texts a front end already encoded.
     ``last_token(texts)`` gives each text's last real token index (UCE needs it).
     ``count_tokens(text)`` (text tokens, without start/end), where given, applies the prompt-length
     rule of ``unlearn_core.prompts``: a text longer than the text encoder reads is refused
     (ConfigError) before anything is encoded.
     ``context_pairs(concept)`` gives the (prompt, anchor) pairs a concept is erased inside when
     ``config.contexts`` is empty (a front end that knows its captions, e.g. the toy world);
-    without it, ``DEFAULT_CONTEXTS``. Templates in ``config.contexts`` always win.
+    without it, ``DEFAULT_CONTEXTS``. Templates in ``config.contexts`` always win. Concepts given
+    as rows have no text to put in a caption: they train without contexts.
+    Training brings every row to one token length (``common_length``) so they share batches.
     """
-    from .prompts import check_config_prompts, trajectory_prompt
+    from .prompts import check_config_prompts, check_prompt_lengths, trajectory_prompt
 
+    rows = rows or EncodedRows()
+    if rows.anchor is not None and len(rows.anchor) != 1:
+        raise ConfigError("anchor_conditioning", f"{len(rows.anchor)} entries",
+                          "needs exactly one prompt", "connect a single CLIP Text Encode")
+    if rows.anchor is not None and config.uce_guide:
+        raise ConfigError("uce_guide", config.uce_guide,
+                          "both uce_guide text and anchor_conditioning are given",
+                          "clear uce_guide or disconnect anchor_conditioning")
+    given = [name for name, r in (("concepts", rows.concepts), ("retain_prompts", rows.retain),
+                                  ("uce_guide", rows.anchor)) if r is not None]
     if count_tokens is not None:
-        check_config_prompts(config, count_tokens)
+        check_config_prompts(config, count_tokens, skip=given)
+    training = config.method == "train"
     concepts = list(config.concepts)
-    training = config.method == "train"  # only training samples from the joint prompt
-    trajectory = trajectory_prompt(concepts, count_tokens if training else None)
-    texts = concepts + ["", trajectory] + list(config.retain_prompts)
-    if config.uce_guide:
-        texts.append(config.uce_guide)
+
+    # Every text to encode, in one list; `at` remembers where each part starts.
+    texts: list[str] = []
+    at: dict[str, int] = {}
+
+    def add(part: str, items: Sequence[str]) -> None:
+        at[part] = len(texts)
+        texts.extend(items)
+
+    if rows.concepts is None:
+        add("concepts", concepts)
+        if training:  # SDD samples its training states from the concepts' joint prompt
+            add("trajectory", [trajectory_prompt(concepts, count_tokens)])
+    if rows.anchor is None:
+        add("empty", [""])
+    if rows.retain is None:
+        add("retain", config.retain_prompts)
+    guide_text = config.method == "uce" and bool(config.uce_guide) and rows.anchor is None
+    if guide_text:
+        add("guide", [config.uce_guide])
     if config.contexts:
         pairs_of = template_pairs(config.contexts)
     else:
         pairs_of = context_pairs or template_pairs(DEFAULT_CONTEXTS)
-    pairs = [list(pairs_of(c)) if training else [] for c in concepts]
+    pairs = ([list(pairs_of(c)) for c in concepts] if training and rows.concepts is None
+             else [[] for _ in concepts])
     flat = [text for ps in pairs for pair in ps for text in pair]
-    if count_tokens is not None:
-        from .prompts import check_prompt_lengths
-
+    if count_tokens is not None and flat:
         check_prompt_lengths({"contexts": flat}, count_tokens)
-    emb = encode(texts + flat) if flat else encode(texts)
-    n_base = len(texts)
-    contexts, at = [], n_base
-    for ps in pairs:
-        contexts.append([(emb[at + 2 * j : at + 2 * j + 1], emb[at + 2 * j + 1 : at + 2 * j + 2])
-                         for j in range(len(ps))])
-        at += 2 * len(ps)
-    emb = emb[:n_base]
+    add("contexts", flat)
+
+    emb = encode(texts) if texts else None
+    last = list(last_token(texts)) if last_token is not None and texts else None
+
+    def take(part: str, n: int) -> list[Tensor]:
+        return [emb[at[part] + i : at[part] + i + 1] for i in range(n)]
+
+    def last_of(part: str, n: int) -> list[int] | None:
+        return None if last is None else last[at[part] : at[part] + n]
+
     k = len(concepts)
-    n_ret = len(config.retain_prompts)
-    last = list(last_token(texts)) if last_token is not None else None
+    if rows.concepts is None:
+        concept_rows, concept_last = take("concepts", k), last_of("concepts", k)
+        trajectory = take("trajectory", 1)[0] if training else None
+    else:
+        concept_rows, concept_last = list(rows.concepts), None
+        # as ComfyUI's "Conditioning (Concat)": one prompt holding every concept
+        trajectory = torch.cat(rows.concepts, dim=1) if training else None
+    if rows.anchor is None:
+        empty, empty_last = take("empty", 1)[0], last_of("empty", 1)
+    else:
+        empty, empty_last = rows.anchor[0], None
+    if rows.retain is None:
+        n_ret = len(config.retain_prompts)
+        retain, retain_last = take("retain", n_ret), last_of("retain", n_ret)
+    else:
+        retain, retain_last = list(rows.retain), None
+    if guide_text:
+        guide, guide_last = take("guide", 1)[0], last_of("guide", 1)
+    else:
+        guide, guide_last = (rows.anchor[0] if rows.anchor is not None else None), empty_last
+    contexts, i = [], at["contexts"]
+    for ps in pairs:
+        contexts.append([(emb[i + 2 * j : i + 2 * j + 1], emb[i + 2 * j + 1 : i + 2 * j + 2])
+                         for j in range(len(ps))])
+        i += 2 * len(ps)
+
+    if training:  # one token length for all, so prompts can share a batch
+        n_ctx = [len(ps) for ps in contexts]
+        flat_ctx = [e for ps in contexts for pair in ps for e in pair]
+        same = common_length([*concept_rows, trajectory, empty, *retain, *flat_ctx])
+        concept_rows, trajectory, empty = same[:k], same[k], same[k + 1]
+        retain = same[k + 2 : k + 2 + len(retain)]
+        rest, contexts = iter(same[k + 2 + len(retain):]), []
+        for n in n_ctx:
+            contexts.append([(next(rest), next(rest)) for _ in range(n)])
+    guide_at = guide_last[0] if guide_last else None
+    if concept_last is not None and (guide_at is None or None in concept_last):
+        concept_last = None  # positions unknown on one side: UCE aligns all tokens
     return Conditioning(
-        concept_last_token=last[:k] if last else None,
-        retain_last_token=last[k + 2 : k + 2 + n_ret] if last else None,
-        guide_last_token=(last[-1] if config.uce_guide else last[k]) if last else 0,
-        concepts=[emb[i : i + 1] for i in range(k)],
-        empty=emb[k : k + 1],
-        trajectory=emb[k + 1 : k + 2],
-        retain=[emb[k + 2 + i : k + 3 + i] for i in range(n_ret)],
-        guide=emb[-1:] if config.uce_guide else None,
-        contexts=contexts,
+        concepts=concept_rows, empty=empty, trajectory=trajectory, retain=retain, guide=guide,
+        contexts=contexts, concept_last_token=concept_last,
+        retain_last_token=None if retain_last is None or None in retain_last else retain_last,
+        guide_last_token=guide_at or 0,
     )
