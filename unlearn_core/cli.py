@@ -20,6 +20,7 @@ import sys
 import time
 import traceback
 from collections.abc import Sequence
+from pathlib import Path
 
 from .config import PRESETS, EraseConfig, config_fields
 from .devices import DEVICE_HELP, resolve_device
@@ -75,10 +76,13 @@ def add_config_arguments(parser: argparse.ArgumentParser, skip: Sequence[str] = 
                                 choices=meta.get("choices"), help=help_text)
 
 
-def config_from_args(args: argparse.Namespace, **overrides) -> EraseConfig:
-    """The flags given, over ``--preset``'s settings (where the parser has one), over defaults."""
+def config_from_args(args: argparse.Namespace, base: dict | None = None, **overrides
+                     ) -> EraseConfig:
+    """The flags given, over ``--preset``'s settings (where the parser has one), over ``base``
+    (e.g. the toy model's settings), over defaults."""
     preset = getattr(args, "preset", None)
-    values = dict(PRESETS[preset]) if preset else {}
+    values = dict(base or {})
+    values.update(PRESETS[preset] if preset else {})
     for name in config_fields():
         v = getattr(args, name, None)
         if v is not None:
@@ -90,7 +94,13 @@ def config_from_args(args: argparse.Namespace, **overrides) -> EraseConfig:
 def _erase_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("erase", help="erase concepts from a local SD-1.x model; write a LoRA file",
                        formatter_class=HelpFormatter)
-    p.add_argument("--model", required=True, help="local diffusers-format SD-1.x folder")
+    p.add_argument("--model", required=True,
+                   help="local diffusers-format SD-1.x folder, or 'toy' for the embedded toy "
+                        "model (no weights needed; concepts are toy-world words such as cross, "
+                        "red or dotted; its settings are the toy world's, under your flags)")
+    p.add_argument("--concepts-file", default=None, metavar="FILE",
+                   help="a UTF-8 text file of concepts to erase, one a line (blank lines and "
+                        "lines starting with # are skipped), added to any --concept")
     p.add_argument("--output", required=True, help="the .safetensors file to write")
     p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     p.add_argument("--svd-rank", type=int, default=0,
@@ -103,7 +113,75 @@ def _erase_parser(sub: argparse._SubParsersAction) -> None:
     add_config_arguments(p)
 
 
+def read_concepts_file(path: str) -> tuple[str, ...]:
+    """The concepts of a ``--concepts-file``: one a line, blank lines and ``#`` comments skipped."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError("--concepts-file", path, "is a folder" if file.is_dir()
+                          else "the file does not exist", "give a text file, one concept a line")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError("--concepts-file", path, "is not UTF-8 text",
+                          "save it as UTF-8 text, one concept a line") from None
+    concepts = tuple(line.strip() for line in text.splitlines()
+                     if line.strip() and not line.strip().startswith("#"))
+    if not concepts:
+        raise ConfigError("--concepts-file", path, "holds no concept",
+                          "write one concept a line")
+    return concepts
+
+
 def run_erase(args: argparse.Namespace) -> int:
+    if args.concepts_file is not None:
+        args.concepts = [*(args.concepts or []), *read_concepts_file(args.concepts_file)]
+    if args.model == "toy":
+        return run_erase_toy(args)
+    return run_erase_sd1(args)
+
+
+def run_erase_toy(args: argparse.Namespace) -> int:
+    """``unlearn erase --model toy``: the embedded toy model, so the command runs anywhere."""
+    from tqdm import tqdm
+
+    from .files import check_output_path, save_erasure
+    from .threads import parameter_count, set_threads
+    from .toyworld.settings import TOY_SETTINGS
+
+    config = config_from_args(args, base=TOY_SETTINGS)
+    if args.svd_rank:
+        raise ConfigError("--svd-rank", args.svd_rank, "is for SD-1.x files",
+                          "drop --svd-rank with --model toy")
+    if args.device not in ("auto", "cpu"):
+        raise ConfigError("--device", args.device, "the toy model runs on the CPU",
+                          "drop --device with --model toy")
+    from .toyworld.phrasings import axis_of
+
+    for concept in config.concepts:
+        axis_of(concept)  # a toy-world word, or a ConfigError naming the vocabulary
+    out = check_output_path(args.output, args.overwrite, "--output")
+    from .toyworld import load_toy_model
+    from .toyworld.erasure import erase_toy
+
+    start = time.perf_counter()
+    model = load_toy_model()
+    set_threads(0, parameter_count(model.unet, model.text_encoder))
+    bar = tqdm(total=config.steps, desc="erasing (toy)", unit="step",
+               disable=config.method == "uce")
+    def progress(info) -> None:  # returns None: a true value would cancel the run
+        bar.update(1)
+
+    try:
+        result = erase_toy(model, config, callback=progress)
+    finally:
+        bar.close()
+    out = save_erasure(out, result.deltas, dict(result.metadata), overwrite=args.overwrite)
+    print(f"done: {config.method} on the toy model, {time.perf_counter() - start:.1f} s, "
+          f"wrote {out}")
+    return 0
+
+
+def run_erase_sd1(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .conditioning import encode_conditioning
