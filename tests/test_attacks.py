@@ -306,3 +306,42 @@ def test_cli_refuses_bad_input_in_one_line_before_loading(argv, start, capsys, m
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err
     assert err.startswith(f"unlearn attack: error: {start}") and "Fix:" in err
+
+
+def test_cli_attacks_an_erasure_file_on_a_model_folder_with_own_images(tmp_path, capsys):
+    from test_metrics_cli import add_tiny_vae, random_tiny_clip_file
+    from unlearn_testkit.sd1_fixture import make_sd1_folder
+
+    from unlearn_core.cli import main
+    from unlearn_core.delta import Delta
+    from unlearn_core.files import save_erasure
+    from unlearn_core.metrics.images import save_png
+    from unlearn_core.sd1 import SD1Pipeline
+    from unlearn_core.selection import select_layers
+    from unlearn_core.toyworld.clip import CLIP_NAME
+
+    root = make_sd1_folder(tmp_path / "sd1")
+    add_tiny_vae(root)
+    unet = SD1Pipeline(root).denoiser.module
+    g = torch.Generator().manual_seed(0)
+    deltas = {n: Delta(diff=torch.randn(m.weight.shape, generator=g) * 0.1)
+              for n, m in select_layers(unet, "xattn-kv").items()}
+    erasure = save_erasure(tmp_path / "erasure.safetensors", deltas, {"note": "test"})
+    before = {k: v.clone() for k, v in unet.state_dict().items()}
+    own = tmp_path / "own"
+    for i in range(2):
+        save_png(torch.rand(3, 64, 64, generator=g), own / f"{i}.png")
+    out = tmp_path / "out"
+    code = main(["attack", "--model", str(root), "--erasure", str(erasure), "--concept", "a cat",
+                 "--kind", "prompt_attack", "--clip-arch", CLIP_NAME, "--clip-weights",
+                 str(random_tiny_clip_file(tmp_path)), "--threshold", "10", "--resolution", "64",
+                 "--steps", "2", "--batch-size", "1", "--seeds", "0-1", "--sampling-steps", "2",
+                 "--images", str(own), "--output", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    data = json.loads((out / "attack.json").read_text())
+    assert data["n"] == 2 and data["score"] == "CLIP score" and data["unet_evals_grad"] == 2
+    # own images: no target generation (2 seeds x 2 steps x CFG 2, attacked and plain)
+    assert data["unet_evals"] == 2 + 2 * 2 * 2 * 2
+    after = SD1Pipeline(root).denoiser.module.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
