@@ -23,7 +23,7 @@ ERASE_NODES = {
     "UnlearnSaveLoRA", "UnlearnApplyErasure",
 }
 MEASURE_NODES = {"UnlearnCLIPLoader", "UnlearnCLIPScore", "UnlearnDirectionalSimilarity",
-                 "UnlearnProbe", "UnlearnReport"}
+                 "UnlearnProbe", "UnlearnReport", "UnlearnAttack"}
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN")
 
 
