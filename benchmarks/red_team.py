@@ -143,9 +143,9 @@ def table(path: Path) -> str:
         m, h = mean_ci(values)
         return f"{m:{fmt}} ± {h:{fmt}}" if len(values) > 1 else f"{m:{fmt}}"
 
-    lines = ["| concept | method | n | efficacy ↓ | retention ↑ | UNet evals (erasure) | ASR "
-             "inversion ↓ | ASR prompt attack ↓ | probe ASR ↓ | probe CCS ↓ |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| concept | method | n | efficacy ↓ | retention ↑ | UNet evals (erasure) | no attack ↓ "
+             "| ASR inversion ↓ | ASR prompt attack ↓ | probe ASR ↓ | probe CCS ↓ |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     order = {m: i for i, m in enumerate((*METHODS, "never-saw"))}
     for (concept, method), rs in sorted(cells.items(), key=lambda kv: (kv[0][0],
                                                                        order.get(kv[0][1], 99))):
@@ -157,7 +157,8 @@ def table(path: Path) -> str:
             f"| {concept} | {name} | {len(rs)} | {cell([r['efficacy'] for r in rs], '.2f')} | "
             f"{cell([r['retention'] for r in rs], '.3f')} | "
             f"{cell([r.get('unet_evals') for r in rs], '.0f')} | "
-            f"{attack_cell('concept_inversion')} | {attack_cell('prompt_attack')} | "
+            f"{attack_cell('concept_inversion', 'plain')} | {attack_cell('concept_inversion')} | "
+            f"{attack_cell('prompt_attack')} | "
             f"{attack_cell('probe')} | {attack_cell('probe', 'ccs', '.3f')} |")
     return "\n".join(lines) + "\n"
 
