@@ -65,7 +65,15 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="red and striped, one seed, 1 repeat")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=Path("concepts-out"))
+    ap.add_argument("--table", type=Path, metavar="JSON",
+                    help="only print the table (and write the plot) of a concepts.json")
     args = ap.parse_args()
+    if args.table:
+        data = json.loads(args.table.read_text())
+        runs = [r | {"length": {int(k): v for k, v in r["length"].items()}} for r in data["runs"]]
+        plot(runs, args.table.with_suffix(".png"))
+        print(markdown_table(runs))
+        return
     if args.quick:
         args.concepts, args.set, args.seeds, args.repeats = "red,striped", [], 1, 1
 

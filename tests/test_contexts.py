@@ -188,3 +188,23 @@ def test_concepts_benchmark_rows_and_bars():
     striped = next(line for line in table.splitlines() if line.startswith("| striped |"))
     assert red.endswith("| met |") and "0.50 / 1.000" in red and "3: 0.02, 6: 0.05" in red
     assert striped.endswith("| not met |")
+
+
+def test_toy_defaults_erase_a_colour_inside_captions_and_keep_the_rest():
+    """The fix this file is about, end to end: with the bare word alone (the old default) "red"
+    stayed in 0.75 of the captions naming it (seed 0); erased inside its captions it falls far
+    (0.00 at seed 0, 0.17 at seed 1; not every colour and seed reaches its floor yet:
+    BENCHMARKS.md section 5)."""
+    from unlearn_core.toyworld import load_judges, load_toy_model
+    from unlearn_core.toyworld.erasure import erase_toy, toy_config
+    from unlearn_core.toyworld.evaluate import evaluate, retention_ratio, uncond_rate
+
+    model, judges = load_toy_model(), load_judges()
+    before = evaluate(model, judges, ["red"], repeats=1, with_clip=False)
+    result = erase_toy(model, toy_config(["red"], seed=0))
+    assert result.metadata["context_prompts"] == len(context_pairs("red"))
+    after = evaluate(model, judges, ["red"], result, repeats=1, with_clip=False)
+    floor = uncond_rate(model, judges, ["red"])
+    assert before.efficacy >= 0.9
+    assert after.efficacy <= max(0.3, floor + 0.05), (after.efficacy, floor)
+    assert retention_ratio(after, before) >= 0.95
