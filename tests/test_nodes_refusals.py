@@ -65,7 +65,9 @@ def test_a_concept_longer_than_clip_reads_is_refused_before_training(comfy_host,
                                                                      monkeypatch, node_type):
     host = nh.pack_module("nodes.host")
     trained = []
-    monkeypatch.setattr(host, "run_erase", lambda *a, **k: trained.append(1))
+    # run_erase builds the conditioning (and checks its texts) after the MODEL check and before
+    # loading the model: refused means the model was never loaded, let alone trained
+    monkeypatch.setattr(host, "_load", lambda *a, **k: trained.append(1))
     essay = " ".join(["painting"] * 2000)
     prompt = nh.erase_prompt(small_sd15_ckpt, node_type, node_classes=comfy_host.node_classes,
                              concepts=f"Van Gogh\n{essay}")
@@ -82,7 +84,7 @@ def test_a_concept_longer_than_clip_reads_is_refused_before_training(comfy_host,
 
 def test_a_long_retain_prompt_is_refused_too(comfy_host, small_sd15_ckpt, monkeypatch):
     host = nh.pack_module("nodes.host")
-    monkeypatch.setattr(host, "run_erase", lambda *a, **k: pytest.fail("trained"))
+    monkeypatch.setattr(host, "_load", lambda *a, **k: pytest.fail("the model was loaded"))
     prompt = nh.erase_prompt(small_sd15_ckpt, node_classes=comfy_host.node_classes,
                              concepts="a dog", retain_prompts=" ".join(["cat"] * 80),
                              retain_weight=1.0)
