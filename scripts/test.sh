@@ -31,6 +31,7 @@ if [ -d ../shared/hosts/comfyui-0.3.64 ]; then
   DEFAULT_TREES="$(cd ../shared/hosts/comfyui-0.3.64 && pwd)"
 fi
 TREES="${UNLEARN_COMFYUI_TREES-$DEFAULT_TREES}"
+echo "test.sh: further ComfyUI trees to test on: ${TREES:-none}"
 HOSTS=()
 HOSTS+=("$(python scripts/install_comfyui_host.py | tail -1)")
 IFS=':' read -r -a tree_list <<< "$TREES"
