@@ -208,3 +208,32 @@ def test_toy_defaults_erase_a_colour_inside_captions_and_keep_the_rest():
     assert before.efficacy >= 0.9
     assert after.efficacy <= max(0.3, floor + 0.05), (after.efficacy, floor)
     assert retention_ratio(after, before) >= 0.95
+
+
+def test_base_target_is_the_frozen_models_anchor_prediction():
+    from unlearn_core.delta import DeltaSet
+    from unlearn_core.objectives import sdd_target
+    from unlearn_core.selection import select_layers
+
+    d = tiny_denoiser()
+    cond = tiny_conditioning()
+    layers = select_layers(d.module, "xattn")
+    deltas = DeltaSet(layers, "full", 2, 2.0, torch.Generator().manual_seed(0), torch.device("cpu"))
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([500, 100])
+    anchor = cond.empty.expand(2, -1, -1)
+    with torch.no_grad():
+        base = d(x, t, anchor)
+    deltas.attach()
+    try:
+        with torch.no_grad():
+            for p in deltas.parameters():
+                p.add_(0.5)
+        student = sdd_target(d, deltas, [], x, t, anchor, "student")
+        frozen = sdd_target(d, deltas, [], x, t, anchor, "base")
+    finally:
+        deltas.detach_hooks()
+    assert torch.allclose(frozen, base) and not torch.allclose(student, base)
+    cfg = EraseConfig(concepts=("c",), steps=2, target_from="base", **FAST)
+    a, b = erase(tiny_denoiser(), cond, cfg), erase(tiny_denoiser(), cond, cfg)
+    assert a.loss_history == b.loss_history and all(map(lambda v: v == v, a.loss_history))

@@ -25,7 +25,7 @@ from .errors import ConfigError
 
 LOSS_NAMES = ("l2", "jensen_shannon", "cramer_wold", "jensen_shannon_gaussian")
 OBJECTIVES = ("sdd", "esd")
-TARGET_SOURCES = ("student", "teacher", "trajectory")
+TARGET_SOURCES = ("student", "teacher", "trajectory", "base")
 TRAJECTORY_PROMPTS = ("concept", "joint")
 PARAMETRIZATIONS = ("lora", "full")
 RESULTS = ("teacher", "student")
@@ -83,7 +83,8 @@ class EraseConfig:
         "Which weights give the SDD target (empty-prompt prediction, no gradient): the student, "
         "as in the official SDD code; the EMA teacher; or trajectory: the teacher's prediction "
         "kept from sampling the state (no extra UNet pass; states are trained at the sampler's "
-        "own timesteps).",
+        "own timesteps); or base: the frozen base model's (the anchor cannot drift towards the "
+        "concept).",
         choices=TARGET_SOURCES,
     )
     esd_eta: float = _f(1.0, "ESD negative-guidance strength eta.", min=0.0)

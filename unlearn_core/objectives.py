@@ -24,6 +24,9 @@ def sdd_target(denoiser: Denoiser, deltas: DeltaSet, teacher: list[Tensor], x_t:
     if target_from == "teacher":
         with deltas.swapped(teacher):
             return denoiser(x_t, t, emb_empty)
+    if target_from == "base":
+        with deltas.disabled():
+            return denoiser(x_t, t, emb_empty)
     return denoiser(x_t, t, emb_empty)
 
 
