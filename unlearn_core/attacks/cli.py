@@ -26,6 +26,7 @@ from pathlib import Path
 from ..devices import DEVICE_HELP, check_device, resolve_device
 from ..errors import ConfigError
 from ..metrics.cli import add_clip_arguments, load_clip_from_args
+from ..metrics.probe_cli import check_sources
 from ..threads import THREADS_HELP, check_threads
 from .config import KINDS, AttackConfig
 
@@ -104,19 +105,9 @@ def run(args: argparse.Namespace) -> int:
 
         values = TOY_ATTACK | TOY_KIND[args.kind] | values
     config = AttackConfig(concept=args.concept, kind=args.kind, **values)  # checked first
-    if args.erasure is not None and not Path(args.erasure).is_file():
-        raise ConfigError("--erasure", args.erasure, "the file does not exist",
-                          "give the .safetensors file written by `unlearn erase`")
-    if not toy and args.erasure is None:
-        raise ConfigError("--erasure", None, "a model on disk needs the erasure to attack",
-                          "give --erasure FILE (from `unlearn erase`)")
-    if args.scorer == "judge" and not toy:
-        raise ConfigError("--scorer", "judge", "judges exist only in the toy world",
-                          "use --scorer clip with --clip-arch and --clip-weights")
-    if not toy and args.clip_weights is None:
-        raise ConfigError("--clip-weights", None, "SD-1's text encoder has no projection head, so "
-                          "the attack's success needs a separate CLIP model",
-                          "give --clip-arch and --clip-weights (and --threshold)")
+    check_sources(args, toy, "attack", "the attack's success needs a separate CLIP model",
+                  "give --clip-arch and --clip-weights (and --threshold)",
+                  {"--concept": [config.concept]})
     if args.erase_steps is not None and args.erase_steps < 1:
         raise ConfigError("--erase-steps", args.erase_steps, "must be 1 or more",
                           "give a positive number of steps")
@@ -124,12 +115,6 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--robust", args.robust, "only the toy world's own training erasure "
                           "(--method train, no --erasure) can be made robust here",
                           "erase with `unlearn erase --robust adversarial` and pass --erasure")
-    if not toy:
-        from ..prompts import check_prompt_lengths
-        from ..sd1 import load_tokenizer, token_counter
-
-        check_prompt_lengths({"--concept": [config.concept]},
-                             token_counter(load_tokenizer(args.model)))
     if args.images:
         from ..metrics.images import image_files
 

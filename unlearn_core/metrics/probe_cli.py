@@ -98,6 +98,30 @@ class _SDWorld:
         return ((x.float() + 1) / 2).clamp(0, 1)
 
 
+def check_sources(args: argparse.Namespace, toy: bool, verb: str, clip_why: str, clip_fix: str,
+                  prompts: dict[str, list[str]]) -> None:
+    """The checks ``unlearn probe`` and ``unlearn attack`` share, before anything loads: the
+    erasure file, the scorer for the model's world, and on SD-1.x the CLIP weights and the erase
+    command's prompt-length rule (the folder's tokenizer only)."""
+    if args.erasure is not None and not Path(args.erasure).is_file():
+        raise ConfigError("--erasure", args.erasure, "the file does not exist",
+                          "give the .safetensors file written by `unlearn erase`")
+    if not toy and args.erasure is None:
+        raise ConfigError("--erasure", None, f"a model on disk needs the erasure to {verb}",
+                          "give --erasure FILE (from `unlearn erase`)")
+    if args.scorer == "judge" and not toy:
+        raise ConfigError("--scorer", "judge", "judges exist only in the toy world",
+                          "use --scorer clip with --clip-arch and --clip-weights")
+    if not toy and args.clip_weights is None:
+        raise ConfigError("--clip-weights", None,
+                          f"SD-1's text encoder has no projection head, so {clip_why}", clip_fix)
+    if not toy:
+        from ..prompts import check_prompt_lengths
+        from ..sd1 import load_tokenizer, token_counter
+
+        check_prompt_lengths(prompts, token_counter(load_tokenizer(args.model)))
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
@@ -117,24 +141,9 @@ def run(args: argparse.Namespace) -> int:
 
         values.setdefault("guidance", TOY_GUIDANCE)
     config = ProbeConfig(concept=args.concept, **values)  # checked before anything loads
-    if args.erasure is not None and not Path(args.erasure).is_file():
-        raise ConfigError("--erasure", args.erasure, "the file does not exist",
-                          "give the .safetensors file written by `unlearn erase`")
-    if not toy and args.erasure is None:
-        raise ConfigError("--erasure", None, "a model on disk needs the erasure to probe",
-                          "give --erasure FILE (from `unlearn erase`)")
-    if args.scorer == "judge" and not toy:
-        raise ConfigError("--scorer", "judge", "judges exist only in the toy world",
-                          "use --scorer clip with --clip-arch and --clip-weights")
-    if not toy and args.clip_weights is None:
-        raise ConfigError("--clip-weights", None, "SD-1's text encoder has no projection head, so the "
-                          "probe needs a separate CLIP model", "give --clip-arch and --clip-weights")
-    if not toy:  # the prompt-length rule of the erase command, before any weight is read
-        from ..prompts import check_prompt_lengths
-        from ..sd1 import load_tokenizer, token_counter
-
-        check_prompt_lengths({"--concept": [config.concept], "--retained": args.retained or []},
-                             token_counter(load_tokenizer(args.model)))
+    check_sources(args, toy, "probe", "the probe needs a separate CLIP model",
+                  "give --clip-arch and --clip-weights",
+                  {"--concept": [config.concept], "--retained": args.retained or []})
     device = resolve_device(args.device)
     if args.output:
         Path(args.output).mkdir(parents=True, exist_ok=True)
