@@ -290,12 +290,7 @@ def erase_and_report() -> dict:
     probe = g.add("UnlearnProbe", (880, 640), [
         "a painting by Van Gogh", "0.001, 0.01, 0.05, 0.15, 0.25, 0.35, 0.45, 0.55", "0-3", 7.5,
         50, 4, 512, 512, "{}"], size=(420, 400))
-    for target in (report, probe):
-        g.link(h["ckpt"], 0, target, "base_model")
-        g.link(node, 0, target, "erased_model")
-        g.link(h["ckpt"], 1, target, "clip")
-        g.link(h["ckpt"], 2, target, "vae")
-        g.link(loader, 0, target, "scorer")
+    link_measuring(g, h, node, loader, (report, probe))
     g.link(node, 1, report, "erasure")
     for i, (src, slot, title) in enumerate([(report, 0, "Report: before | after"),
                                             (report, 1, "Report: loss and scores"),
@@ -305,6 +300,17 @@ def erase_and_report() -> dict:
                      title=title)
         g.link(src, slot, view, "images")
     return g.to_json()
+
+
+def link_measuring(g: Graph, h: dict, erased: int, scorer: int, targets: tuple) -> None:
+    """Wire measuring nodes to the checkpoint (base model, CLIP, VAE), the erased model and the
+    CLIP scorer."""
+    for target in targets:
+        g.link(h["ckpt"], 0, target, "base_model")
+        g.link(erased, 0, target, "erased_model")
+        g.link(h["ckpt"], 1, target, "clip")
+        g.link(h["ckpt"], 2, target, "vae")
+        g.link(scorer, 0, target, "scorer")
 
 
 def red_team() -> dict:
@@ -329,12 +335,7 @@ def red_team() -> dict:
     report = g.add("UnlearnReport", (880, 900), [
         "a painting by Van Gogh", "a painting by Claude Monet", "0-3", 7.5, 50, 4, 512, 512,
         "{}"], size=(420, 520))
-    for target in (attack, report):
-        g.link(h["ckpt"], 0, target, "base_model")
-        g.link(node, 0, target, "erased_model")
-        g.link(h["ckpt"], 1, target, "clip")
-        g.link(h["ckpt"], 2, target, "vae")
-        g.link(loader, 0, target, "scorer")
+    link_measuring(g, h, node, loader, (attack, report))
     g.link(node, 1, report, "erasure")
     g.link(attack, 3, report, "attack")
     for i, (src, slot, title) in enumerate([(attack, 0, "Attack: images it generated"),
