@@ -18,16 +18,26 @@ in place of SDD's L2. Each entry of ``LOSSES`` is a callable
 - ``jensen_shannon_gaussian``: JS between the two Gaussian reverse steps the predictions imply,
   a function of Delta = scale * |e_s - e_0| only: JS = ln 2 - E_x~N(0,1)[softplus(Delta x -
   Delta^2/2)], by a Gauss-Hermite sum (~Delta^2/8 when small, -> ln 2 when large).
+
+``build_loss(config, generator)`` binds the configured distance to its options, the timestep
+weighting and the per-timestep scale the Gaussian JS needs: the trainer calls the result as
+``loss(eps_student, eps_target, t, coefficients)`` whatever the loss is.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from .config import EraseConfig
 
 Tensor = torch.Tensor
 LossFn = Callable[..., Tensor]
@@ -171,3 +181,57 @@ LOSSES: dict[str, LossFn] = {
     "cramer_wold": cramer_wold,
     "jensen_shannon_gaussian": jensen_shannon_gaussian,
 }
+
+
+@dataclass(frozen=True)
+class TimestepCoefficients:
+    """Per-DDPM-timestep factors of the loss, indexed by t: ``snr_weight`` (x0-space weight,
+    mean 1 over t) and ``js_scale`` (the Gaussian JS's |mu_s - mu_t| / sigma_t per unit of eps)."""
+
+    snr_weight: Tensor  # (T,)
+    js_scale: Tensor  # (T,)
+
+
+def timestep_coefficients(alphas_cumprod: Tensor) -> TimestepCoefficients:
+    """The SNR weight and the Gaussian-JS scale of every timestep of the schedule."""
+    ab = alphas_cumprod.double()
+    snr_w = (1.0 / ab - 1.0).sqrt()
+    snr_w = snr_w / snr_w.mean()
+    ab_prev = torch.cat([torch.ones(1, dtype=ab.dtype), ab[:-1]])
+    beta = 1.0 - ab / ab_prev
+    alpha = 1.0 - beta
+    # |mu_s - mu_t| / sigma_t with sigma_t^2 = beta_t (DDPM's "large" variance, defined at t = 0)
+    js_scale = beta.sqrt() / (alpha.sqrt() * (1.0 - ab).sqrt())
+    return TimestepCoefficients(snr_weight=snr_w.float(), js_scale=js_scale.float())
+
+
+StepLoss = Callable[[Tensor, Tensor, Tensor, TimestepCoefficients], Tensor]
+
+
+def build_loss(config: EraseConfig, generator: torch.Generator | None = None) -> StepLoss:
+    """``config.loss`` with its options bound: ``loss(eps_student, eps_target, t, coefficients)``.
+
+    Both predictions are taken in float32; with ``timestep_weighting="snr"`` each sample is
+    weighted by its timestep's SNR weight first; the Gaussian JS gets its per-timestep scale.
+    ``generator`` draws the sliced Cramér-Wold directions.
+    """
+    fn = LOSSES[config.loss]
+    if config.loss == "jensen_shannon":
+        fn = functools.partial(fn, temperature=config.js_temperature, axis=config.js_axis)
+    elif config.loss == "cramer_wold":
+        fn = functools.partial(fn, mode=config.cw_mode, bandwidth=config.cw_bandwidth,
+                               directions=config.cw_directions, generator=generator)
+    weighted = config.timestep_weighting == "snr"
+    gaussian = config.loss == "jensen_shannon_gaussian"
+
+    def loss(eps_student: Tensor, eps_target: Tensor, t: Tensor,
+             coefficients: TimestepCoefficients) -> Tensor:
+        eps_student, eps_target = eps_student.float(), eps_target.float()
+        if weighted:
+            w = coefficients.snr_weight.to(t.device)[t].view(-1, 1, 1, 1)
+            eps_student, eps_target = eps_student * w, eps_target * w
+        if gaussian:
+            return fn(eps_student, eps_target, scale=coefficients.js_scale.to(t.device)[t])
+        return fn(eps_student, eps_target)
+
+    return loss

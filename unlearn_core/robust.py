@@ -32,7 +32,7 @@ from .config import EraseConfig
 from .delta import DeltaSet
 from .denoiser import Denoiser
 from .losses import LOSSES
-from .sampling import ddim_sample
+from .sampling import EvalCounter, ddim_sample
 
 Tensor = torch.Tensor
 
@@ -43,11 +43,12 @@ KINDS = ("prompt_attack", "concept_inversion")
 
 
 class AdversarialTerm:
-    """The robust term of one erasure: ``term(step, concept)`` -> (loss, grad evals, no-grad evals)."""
+    """The robust term of one erasure: ``term(step, concept)`` -> the loss to add. The UNet
+    evaluations it spends go to ``evals`` (grad / nograd, and all of them to ``adversarial``)."""
 
     def __init__(self, denoiser: Denoiser, deltas: DeltaSet, cond: Conditioning,
                  config: EraseConfig, shape: tuple[int, int, int], device: torch.device,
-                 dtype: torch.dtype) -> None:
+                 dtype: torch.dtype, evals: EvalCounter | None = None) -> None:
         self.denoiser, self.deltas, self.config = denoiser, deltas, config
         self.cond, self.shape, self.device, self.dtype = cond, shape, device, dtype
         self.generator = torch.Generator().manual_seed(config.seed + 3)
@@ -65,6 +66,7 @@ class AdversarialTerm:
         self.nograd_evals = 0
         self.inner_runs = 0
         self.last_inner_loss = float("nan")
+        self.evals = evals if evals is not None else EvalCounter()
 
     @property
     def unet_evals(self) -> int:
@@ -84,7 +86,7 @@ class AdversarialTerm:
             self.nograd_evals += ROBUST_IMAGES * cfg.sampling_steps * (
                 1 if cfg.guidance in (0.0, 1.0) else 2)
 
-    def term(self, step: int, concept: int) -> tuple[Tensor, int, int]:
+    def term(self, step: int, concept: int) -> Tensor:
         cfg = self.config
         grad0, nograd0 = self.grad_evals, self.nograd_evals
         if not self.targets:
@@ -118,7 +120,11 @@ class AdversarialTerm:
         self.grad_evals += batch
         self.nograd_evals += batch
         loss = cfg.robust_weight * LOSSES["l2"](eps, target)
-        return loss, self.grad_evals - grad0, self.nograd_evals - nograd0
+        grad, nograd = self.grad_evals - grad0, self.nograd_evals - nograd0
+        self.evals.grad += grad
+        self.evals.nograd += nograd
+        self.evals.adversarial += grad + nograd
+        return loss
 
     def metadata(self) -> dict:
         cfg = self.config

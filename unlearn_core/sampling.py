@@ -116,6 +116,20 @@ def band_timestep(k: int, num_steps: int, num_train: int, generator: torch.Gener
 
 
 @dataclass
+class EvalCounter:
+    """UNet evaluations of one erasure, counted per latent (a CFG pass counts 2). The sampler, the
+    trainer's target and retain passes and the robust term each add what they spend."""
+
+    nograd: int = 0
+    grad: int = 0
+    adversarial: int = 0  # of nograd + grad: spent by robust="adversarial"
+
+    @property
+    def total(self) -> int:
+        return self.nograd + self.grad
+
+
+@dataclass
 class TrainingStates:
     """States z_t drawn from one trajectory. x (B,C,H,W), t (B,) int64; with ``keep_uncond``,
     ``uncond`` (B,C,H,W) is the sampling weights' empty-prompt prediction at (x, t)."""
@@ -131,7 +145,7 @@ class TrajectorySampler:
     def __init__(self, denoiser: Denoiser, shape: tuple[int, int, int], cond: Tensor,
                  uncond: Tensor, guidance: float, num_steps: int, generator: torch.Generator,
                  device: torch.device, dtype: torch.dtype = torch.float32, reuse: int = 1,
-                 keep_uncond: bool = False) -> None:
+                 keep_uncond: bool = False, evals: EvalCounter | None = None) -> None:
         self.denoiser = denoiser
         self.shape = shape
         self.cond, self.uncond = cond, uncond
@@ -140,6 +154,7 @@ class TrajectorySampler:
         self.keep_uncond = keep_uncond
         self.num_train = len(denoiser.alphas_cumprod)
         self.unet_evals = 0  # no-grad UNet evaluations spent on sampling (a CFG pass counts 2)
+        self.evals = evals  # a counter shared with the rest of the erasure, if given
         self._states: dict[int, Tensor] = {}
         self._uncond: dict[int, Tensor] = {}
         self._draws = 0
@@ -157,7 +172,10 @@ class TrajectorySampler:
         keep = (lambda k, e: uncond.__setitem__(k, e)) if self.keep_uncond else None
         ddim_sample(self.denoiser, x_T, self.cond, self.uncond, self.guidance, self.num_steps,
                     0, stop, lambda k, x: states.__setitem__(k, x), keep)
-        self.unet_evals += stop * (1 if single_pass(self.guidance, self.keep_uncond) else 2)
+        spent = stop * (1 if single_pass(self.guidance, self.keep_uncond) else 2)
+        self.unet_evals += spent
+        if self.evals is not None:
+            self.evals.nograd += spent
         self._states, self._uncond = states, uncond
 
     def draw(self, batch: int) -> TrainingStates:

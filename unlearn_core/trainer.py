@@ -2,25 +2,27 @@
 https://arxiv.org/abs/2307.05977), the losses of "Towards robust concept erasure in diffusion
 models", ESD's objective, several concepts in turn and optional retain prompts.
 
-One step, top to bottom:
+``erase`` dispatches on the method (UCE's closed form in ``uce.py``, or training here). Training
+is ``prepare`` (what every step reads: the model, the prompts, the sampler, the bound loss),
+``TrainState`` (what the steps change: the trained tensors, the EMA teacher's shadow, AdamW, the
+step counter, the loss history, the evaluation counts) and ``step``, which runs one step:
   1. with the EMA teacher's weights swapped in and no grad, draw ``batch_size`` states z_t from a
-     guided DDIM trajectory of the concepts' prompt (``sampling.TrajectorySampler``);
-  2. target (no grad): the empty-prompt prediction (sdd; of the student, of the teacher, or the
-     teacher's kept from sampling) or the base model's negative guidance (esd);
-  3. student prediction for the current concept, with grad; loss D(student, target);
-  4. optional retain term: student vs. base prediction on a retain prompt (L2), times retain_weight;
-  5. AdamW step with grad-norm clip; EMA update of the teacher's shadow; callback.
+     guided DDIM trajectory of the prompt being trained (``sampling.TrajectorySampler``);
+  2. target (no grad): the anchor's prediction (sdd; of the student, of the teacher, of the base
+     model, or the teacher's kept from sampling) or the base model's negative guidance (esd);
+  3. student prediction for the prompt, with grad; loss D(student, target) (``losses.build_loss``);
+  4. optional retain term (student vs. base on a retain prompt) and robust term (``robust.py``);
+  5. AdamW step with grad-norm clip; EMA update of the teacher's shadow.
 The trainer holds no global state: device and randomness come from the model and the config.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 import torch
 
@@ -30,13 +32,16 @@ from .config import EraseConfig
 from .delta import DeltaSet
 from .denoiser import Denoiser, module_device, module_dtype
 from .errors import Cancelled, ConfigError, TrainingError
-from .losses import LOSSES
+from .losses import LOSSES, StepLoss, TimestepCoefficients, build_loss, timestep_coefficients
 from .objectives import esd_target, sdd_target
 from .result import EraseResult, base_metadata, weights_hash
-from .sampling import TrajectorySampler
+from .sampling import EvalCounter, TrainingStates, TrajectorySampler
 from .selection import select_layers
 
 Tensor = torch.Tensor
+
+__all__ = ["StepInfo", "Callback", "TrainState", "erase", "train", "step", "build_loss",
+           "check_rank", "make_optimizer"]
 
 
 @dataclass(frozen=True)
@@ -66,16 +71,6 @@ def check_rank(config: EraseConfig, layers: dict[str, torch.nn.Module]) -> None:
                           f"set lora_rank to {limit} or less")
 
 
-def build_loss(config: EraseConfig, generator: torch.Generator) -> Callable[..., Tensor]:
-    fn = LOSSES[config.loss]
-    if config.loss == "jensen_shannon":
-        return functools.partial(fn, temperature=config.js_temperature, axis=config.js_axis)
-    if config.loss == "cramer_wold":
-        return functools.partial(fn, mode=config.cw_mode, bandwidth=config.cw_bandwidth,
-                                 directions=config.cw_directions, generator=generator)
-    return fn
-
-
 def make_optimizer(params: list[Tensor], config: EraseConfig) -> torch.optim.Optimizer:
     """AdamW, fused where the device has the kernel: no full-size temporaries (the default
     multi-tensor AdamW allocates several the size of all trained tensors, ~+40% peak memory for a
@@ -85,19 +80,6 @@ def make_optimizer(params: list[Tensor], config: EraseConfig) -> torch.optim.Opt
         return torch.optim.AdamW(params, fused=True, **kw)
     except (RuntimeError, ValueError):
         return torch.optim.AdamW(params, foreach=False, **kw)
-
-
-def _step_coefficients(alphas_cumprod: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-timestep SNR weight (x0-space, mean 1 over t) and the Gaussian-JS scale."""
-    ab = alphas_cumprod.double()
-    snr_w = (1.0 / ab - 1.0).sqrt()
-    snr_w = snr_w / snr_w.mean()
-    ab_prev = torch.cat([torch.ones(1, dtype=ab.dtype), ab[:-1]])
-    beta = 1.0 - ab / ab_prev
-    alpha = 1.0 - beta
-    # |mu_s - mu_t| / sigma_t with sigma_t^2 = beta_t (DDPM's "large" variance, defined at t = 0)
-    js_scale = beta.sqrt() / (alpha.sqrt() * (1.0 - ab).sqrt())
-    return snr_w.float(), js_scale.float()
 
 
 def erase(denoiser: Denoiser, conditioning: Conditioning, config: EraseConfig,
@@ -113,6 +95,46 @@ def erase(denoiser: Denoiser, conditioning: Conditioning, config: EraseConfig,
         from .uce import uce_erase
 
         return uce_erase(denoiser, conditioning, config)
+    return train(denoiser, conditioning, config, callback)
+
+
+@dataclass
+class Run:
+    """What every step of one erasure reads and none changes (the sampler keeps its trajectory)."""
+
+    denoiser: Denoiser
+    config: EraseConfig
+    cond: Conditioning
+    # per concept, the (prompt, anchor) pairs it trains: the bare concept with the empty prompt
+    # (SDD), then each context with the same prompt without the concept
+    tasks: list[list[tuple[Tensor, Tensor]]]
+    held: list[Tensor]  # retain prompts (empty when retain_weight is 0)
+    loss: StepLoss
+    coefficients: TimestepCoefficients
+    sampler: TrajectorySampler
+    robust: object | None  # robust.AdversarialTerm
+    kept_target: bool  # the SDD target is the teacher's prediction kept from sampling
+    layers: dict[str, torch.nn.Module]
+    base_hash: str
+
+
+@dataclass
+class TrainState:
+    """What the steps change. ``teacher`` is the EMA shadow of the trained tensors (same order as
+    ``deltas.parameters()``), never a second UNet."""
+
+    deltas: DeltaSet
+    teacher: list[Tensor]
+    optimizer: torch.optim.Optimizer
+    generators: dict[str, torch.Generator]
+    evals: EvalCounter
+    step: int = 0  # steps done
+    history: list[float] = field(default_factory=list)
+    # the pair being trained: its prompt, its anchor, and the concept's index
+    pair: tuple[Tensor, Tensor, int] | None = None
+
+
+def check_inputs(conditioning: Conditioning, config: EraseConfig) -> None:
     if len(conditioning.concepts) != len(config.concepts):
         raise ConfigError("concepts", config.concepts,
                           f"{len(conditioning.concepts)} concept embeddings for "
@@ -120,154 +142,188 @@ def erase(denoiser: Denoiser, conditioning: Conditioning, config: EraseConfig,
     if config.retain_weight > 0 and not conditioning.retain:
         raise ConfigError("retain_prompts", config.retain_prompts, "no retain embeddings given",
                           "encode the retain prompts or set retain_weight to 0")
+
+
+def prepare(denoiser: Denoiser, conditioning: Conditioning, config: EraseConfig
+            ) -> tuple[Run, TrainState]:
+    """Everything one erasure needs before its first step; nothing is attached to the model yet."""
+    check_inputs(conditioning, config)
     module = denoiser.module
     device, dtype = module_device(module), module_dtype(module)
     layers = select_layers(module, config.selection)
     check_rank(config, layers)
     cond = conditioning.to(device, dtype)
     cond.check(getattr(denoiser, "context_dim", None))
-    trajectory_emb = cond.trajectory if cond.trajectory is not None else cond.concepts[0]
-
-    generator = torch.Generator().manual_seed(config.seed)
-    loss_generator = torch.Generator().manual_seed(config.seed + 1)
-    loss_fn = build_loss(config, loss_generator)
-    snr_w, js_scale = _step_coefficients(denoiser.alphas_cumprod)
-    base_hash = weights_hash(module, layers)
-
+    generators = {name: torch.Generator().manual_seed(config.seed + offset)
+                  for offset, name in enumerate(("sampling", "loss", "tasks"))}
+    evals = EvalCounter()
     deltas = DeltaSet(layers, config.parametrization, config.lora_rank, config.lora_alpha,
-                      generator, device)
-    # The EMA teacher: a shadow of the trained tensors only (not a second UNet).
-    teacher = [p.detach().clone() for p in deltas.parameters()]
-    optimizer = make_optimizer(list(deltas.parameters()), config)
-    channels = getattr(denoiser, "in_channels", 4)
+                      generators["sampling"], device)
+    state = TrainState(deltas=deltas, teacher=[p.detach().clone() for p in deltas.parameters()],
+                       optimizer=make_optimizer(list(deltas.parameters()), config),
+                       generators=generators, evals=evals,
+                       pair=(cond.concepts[0], cond.empty, 0))
+    shape = (getattr(denoiser, "in_channels", 4), config.resolution, config.resolution)
+    # The teacher's empty-prompt prediction is computed by every guided sampling pass anyway.
+    kept = config.objective == "sdd" and config.target_from == "trajectory"
+    sampler = TrajectorySampler(
+        denoiser, shape, cond.trajectory if cond.trajectory is not None else cond.concepts[0],
+        cond.empty, config.guidance, config.sampling_steps, generators["sampling"], device, dtype,
+        config.trajectory_reuse, keep_uncond=kept, evals=evals)
     robust = None
     if config.robust == "adversarial":  # the inner attack and its term live in robust.py
         from .robust import AdversarialTerm
 
-        robust = AdversarialTerm(denoiser, deltas, cond, config,
-                                 (channels, config.resolution, config.resolution), device, dtype)
-    # The teacher's empty-prompt prediction is computed by every guided sampling pass anyway.
-    cached_target = config.objective == "sdd" and config.target_from == "trajectory"
-    sampler = TrajectorySampler(
-        denoiser, (channels, config.resolution, config.resolution), trajectory_emb, cond.empty,
-        config.guidance, config.sampling_steps, generator, device, dtype, config.trajectory_reuse,
-        keep_uncond=cached_target,
-    )
-    frozen = [(p, p.requires_grad) for p in module.parameters()]
-    # What each trajectory trains: a (prompt, anchor) pair of one concept. The bare concept's
-    # anchor is the empty prompt (SDD); a context's is the same prompt without the concept.
+        robust = AdversarialTerm(denoiser, deltas, cond, config, shape, device, dtype, evals)
     tasks = [[(c, cond.empty)] + (list(cond.contexts[i]) if i < len(cond.contexts) else [])
              for i, c in enumerate(cond.concepts)]
-    held = list(cond.retain) if config.retain_weight > 0 else []
-    task_generator = torch.Generator().manual_seed(config.seed + 2)
-    history: list[float] = []
-    grad_evals = 0
-    start = time.perf_counter()
-    batch = config.batch_size
-    reuse = config.trajectory_reuse
-    prompt, anchor, i = cond.concepts[0], cond.empty, 0
+    run = Run(denoiser=denoiser, config=config, cond=cond, tasks=tasks,
+              held=list(cond.retain) if config.retain_weight > 0 else [],
+              loss=build_loss(config, generators["loss"]),
+              coefficients=timestep_coefficients(denoiser.alphas_cumprod), sampler=sampler,
+              robust=robust, kept_target=kept, layers=layers,
+              base_hash=weights_hash(module, layers))
+    return run, state
+
+
+def choose_pair(run: Run, state: TrainState) -> tuple[Tensor, Tensor, int]:
+    """The (prompt, anchor, concept index) this step trains."""
+    cfg, n = run.config, state.step
+    if cfg.trajectory_from == "joint":
+        # SDD: one joint trajectory prompt; the concepts are taken in turn, step by step
+        i = n % len(run.cond.concepts)
+        return run.cond.concepts[i], run.cond.empty, i
+    if n % cfg.trajectory_reuse == 0:
+        # each trajectory from the prompt it trains, the concepts in turn; the pair (the bare
+        # concept or one of its contexts) drawn at random
+        i = (n // cfg.trajectory_reuse) % len(run.tasks)
+        pairs = run.tasks[i]
+        j = int(torch.randint(len(pairs), (), generator=state.generators["tasks"]))
+        run.sampler.set_prompt(pairs[j][0])
+        return pairs[j][0], pairs[j][1], i
+    return state.pair
+
+
+@torch.no_grad()
+def target(run: Run, state: TrainState, states: TrainingStates, prompt: Tensor,
+           anchor: Tensor) -> Tensor:
+    """What the student's prediction is pulled to at ``states`` (no gradient)."""
+    cfg, batch = run.config, states.x.shape[0]
+    if run.kept_target and anchor is run.cond.empty:
+        return states.uncond  # made by the sampling pass: no UNet evaluation
+    if cfg.objective == "sdd":
+        state.evals.nograd += batch
+        return sdd_target(run.denoiser, state.deltas, state.teacher, states.x, states.t,
+                          anchor.expand(batch, -1, -1),
+                          "student" if run.kept_target else cfg.target_from)
+    state.evals.nograd += 2 * batch
+    return esd_target(run.denoiser, state.deltas, states.x, states.t,
+                      prompt.expand(batch, -1, -1), anchor.expand(batch, -1, -1), cfg.esd_eta)
+
+
+def retain_term(run: Run, state: TrainState, x_t: Tensor, t: Tensor) -> Tensor | float:
+    """retain_weight x L2(student, base) on this step's retain prompt; 0 when there is none."""
+    if not run.held:
+        return 0.0
+    batch = x_t.shape[0]
+    emb = run.held[state.step % len(run.held)].expand(batch, -1, -1)
+    with torch.no_grad(), state.deltas.disabled():
+        eps_base = run.denoiser(x_t, t, emb).float()
+    eps_retain = run.denoiser(x_t, t, emb).float()
+    state.evals.nograd += batch
+    state.evals.grad += batch
+    return run.config.retain_weight * LOSSES["l2"](eps_retain, eps_base)
+
+
+def step(run: Run, state: TrainState) -> float:
+    """One training step (see the module docstring); returns its loss (without the retain and
+    robust terms)."""
+    cfg, deltas = run.config, state.deltas
+    prompt, anchor, concept = state.pair = choose_pair(run, state)
+    with torch.no_grad(), deltas.swapped(state.teacher):  # the EMA teacher samples
+        states = run.sampler.draw(cfg.batch_size)
+    x_t, t = states.x, states.t  # (B, C, H, W), (B,)
+    eps_target = target(run, state, states, prompt, anchor)
+    # The student's weights enter here, unseen: DeltaSet's forward hooks (attached by `train`)
+    # add each trained delta to its layer's output, so this plain UNet call is the student's.
+    eps_student = run.denoiser(x_t, t, prompt.expand(x_t.shape[0], -1, -1))
+    state.evals.grad += x_t.shape[0]
+    loss = run.loss(eps_student, eps_target, t, run.coefficients)
+    total = loss + retain_term(run, state, x_t, t)
+    if run.robust is not None:
+        total = total + run.robust.term(state.step, concept)
+    # .item() waits for the device: the loss must be known finite before AdamW writes it into
+    # the weights (and the history keeps plain floats); one sync per step, next to a full
+    # forward and backward pass, costs little.
+    if not math.isfinite(value := total.item()):
+        raise TrainingError(f"the loss became {value} at step {state.step + 1} of {cfg.steps}; "
+                            "nothing was written. Fix: lower lr, or use the l2 loss.")
+    state.optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(deltas.parameters(), cfg.grad_clip)
+    state.optimizer.step()
+    with torch.no_grad():
+        for shadow, p in zip(state.teacher, deltas.parameters()):
+            shadow.lerp_(p.detach(), 1.0 - cfg.ema_decay)
+    state.step += 1
+    state.history.append(float(loss.item()))
+    return state.history[-1]
+
+
+@contextlib.contextmanager
+def training(run: Run, state: TrainState) -> Iterator[None]:
+    """The base weights frozen, the deltas hooked in (and checkpointing on, if asked) inside;
+    everything as it was after, and AdamW's moments and the gradients freed."""
+    module = run.denoiser.module
+    frozen = [(p, p.requires_grad) for p in module.parameters()]
     stack = contextlib.ExitStack()
     try:
         for p, _ in frozen:
             p.requires_grad_(False)
-        deltas.attach()
-        stack.enter_context(checkpointed(module, config.gradient_checkpointing))
-        for step in range(config.steps):
-            if config.trajectory_from == "joint":
-                # SDD: one joint trajectory prompt; the concepts are taken in turn, step by step
-                i = step % len(cond.concepts)
-                prompt, anchor = cond.concepts[i], cond.empty
-            elif step % reuse == 0:
-                # each trajectory from the prompt it trains, the concepts in turn; the pair
-                # (the bare concept or one of its contexts) drawn at random
-                i = (step // reuse) % len(tasks)
-                pairs = tasks[i]
-                j = int(torch.randint(len(pairs), (), generator=task_generator))
-                prompt, anchor = pairs[j]
-                sampler.set_prompt(prompt)
-            emb_concept = prompt.expand(batch, -1, -1)
-            emb_empty = anchor.expand(batch, -1, -1)
-            with torch.no_grad(), deltas.swapped(teacher):
-                states = sampler.draw(batch)
-            x_t, t = states.x, states.t  # (B, C, H, W), (B,)
-            if cached_target and anchor is cond.empty:
-                target, target_evals = states.uncond, 0
-            elif config.objective == "sdd":
-                target = sdd_target(denoiser, deltas, teacher, x_t, t, emb_empty,
-                                    "student" if cached_target else config.target_from)
-                target_evals = batch
-            else:
-                target = esd_target(denoiser, deltas, x_t, t, emb_concept, emb_empty,
-                                    config.esd_eta)
-                target_evals = 2 * batch
-            eps_student = denoiser(x_t, t, emb_concept).float()
-            target = target.float()
-            if config.timestep_weighting == "snr":
-                w = snr_w.to(device)[t].view(-1, 1, 1, 1)
-                eps_student, target = eps_student * w, target * w
-            if config.loss == "jensen_shannon_gaussian":
-                loss = loss_fn(eps_student, target, scale=js_scale.to(device)[t])
-            else:
-                loss = loss_fn(eps_student, target)
-            total = loss
-            retain_evals = 0
-            if held:
-                emb_retain = held[step % len(held)].expand(batch, -1, -1)
-                with torch.no_grad(), deltas.disabled():
-                    eps_base = denoiser(x_t, t, emb_retain).float()
-                eps_retain = denoiser(x_t, t, emb_retain).float()
-                total = loss + config.retain_weight * LOSSES["l2"](eps_retain, eps_base)
-                retain_evals = 2 * batch
-            if robust is not None:
-                adv_loss, adv_grad, adv_nograd = robust.term(step, i)
-                total = total + adv_loss
-                grad_evals += adv_grad
-                sampler.unet_evals += adv_nograd
-            if not math.isfinite(total.item()):
-                raise TrainingError(
-                    f"the loss became {total.item()} at step {step + 1} of {config.steps}; "
-                    "nothing was written. Fix: lower lr, or use the l2 loss."
-                )
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(deltas.parameters(), config.grad_clip)
-            optimizer.step()
-            with torch.no_grad():
-                for shadow, p in zip(teacher, deltas.parameters()):
-                    shadow.lerp_(p.detach(), 1.0 - config.ema_decay)
-            history.append(float(loss.item()))
-            grad_evals += batch + retain_evals // 2
-            sampler.unet_evals += target_evals + retain_evals // 2
-            if callback is not None:
-                info = StepInfo(step + 1, config.steps, history[-1], config.lr,
-                                time.perf_counter() - start, sampler.unet_evals + grad_evals,
-                                robust.unet_evals if robust is not None else 0)
-                if callback(info):
-                    raise Cancelled(f"cancelled at step {step + 1} of {config.steps}; "
-                                    "nothing was written")
+        state.deltas.attach()
+        stack.enter_context(checkpointed(module, run.config.gradient_checkpointing))
+        yield
     finally:
         stack.close()
-        deltas.detach_hooks()
+        state.deltas.detach_hooks()
         for p, flag in frozen:
             p.requires_grad_(flag)
         # Gradients and AdamW's moments (3 copies of the trained tensors) go before the export
         # makes its own copy, so the export does not raise the peak.
-        optimizer.zero_grad(set_to_none=True)
-        optimizer.state.clear()
-    if config.result == "teacher":
-        with deltas.swapped(teacher):
-            exported = deltas.export()
-    else:
+        state.optimizer.zero_grad(set_to_none=True)
+        state.optimizer.state.clear()
+
+
+def train(denoiser: Denoiser, conditioning: Conditioning, config: EraseConfig,
+          callback: Callback | None = None) -> EraseResult:
+    """The training methods (sdd, esd): ``config.steps`` steps, the callback after each."""
+    run, state = prepare(denoiser, conditioning, config)
+    start = time.perf_counter()
+    with training(run, state):
+        while state.step < config.steps:
+            loss = step(run, state)
+            if callback is not None and callback(StepInfo(
+                    state.step, config.steps, loss, config.lr, time.perf_counter() - start,
+                    state.evals.total, state.evals.adversarial)):
+                raise Cancelled(f"cancelled at step {state.step} of {config.steps}; "
+                                "nothing was written")
+    return export(run, state, time.perf_counter() - start)
+
+
+def export(run: Run, state: TrainState, seconds: float) -> EraseResult:
+    """The result: the teacher's (or the student's) deltas under canonical names, and metadata."""
+    config, deltas = run.config, state.deltas
+    with deltas.swapped(state.teacher) if config.result == "teacher" else contextlib.nullcontext():
         exported = deltas.export()
-    canonical = {denoiser.canonical_name(n): d for n, d in exported.items()}
-    meta = base_metadata(config, base_hash, {
-        "seconds": round(time.perf_counter() - start, 3),
-        "unet_evals_nograd": sampler.unet_evals,
-        "unet_evals_grad": grad_evals,
+    canonical = {run.denoiser.canonical_name(n): d for n, d in exported.items()}
+    meta = base_metadata(config, run.base_hash, {
+        "seconds": round(seconds, 3),
+        "unet_evals_nograd": state.evals.nograd,
+        "unet_evals_grad": state.evals.grad,
         "layers": len(canonical),
-        "context_prompts": sum(len(pairs) - 1 for pairs in tasks),
+        "context_prompts": sum(len(pairs) - 1 for pairs in run.tasks),
         "trained_parameters": sum(p.numel() for p in deltas.parameters()),
-        **(robust.metadata() if robust is not None else {}),
+        **(run.robust.metadata() if run.robust is not None else {}),
     })
-    return EraseResult(deltas=canonical, config=config, loss_history=history, metadata=meta)
+    return EraseResult(deltas=canonical, config=config, loss_history=state.history, metadata=meta)
