@@ -76,7 +76,7 @@ def _run(job: tuple[str, str, dict, int]) -> dict:
 
 def main() -> None:
     from unlearn_core.config import PRESETS
-    from unlearn_core.toyworld.bench import mean_ci
+    from unlearn_core.metrics.stats import mean_ci
     from unlearn_core.toyworld.erasure import TOY_SETTINGS
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

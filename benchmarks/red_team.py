@@ -54,11 +54,11 @@ def run(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(1)
     from unlearn_core.attacks.core import attack
-    from unlearn_core.attacks.toy import toy_attack, toy_config
-    from unlearn_core.metrics.toy import load_toy_world, toy_judge_scorer
     from unlearn_core.toyworld import load_judges, load_toy_model
+    from unlearn_core.toyworld.attacks import toy_attack, toy_config
     from unlearn_core.toyworld.erasure import toy_denoiser
     from unlearn_core.toyworld.evaluate import evaluate, retention_ratio
+    from unlearn_core.toyworld.world import load_toy_world, toy_judge_scorer
 
     world, judges, scorer = load_toy_world(), load_judges(), toy_judge_scorer()
     robust = dict(ROBUST, **json.loads(args.robust)) if args.robust else ROBUST
@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def table(path: Path) -> str:
-    from unlearn_core.toyworld.bench import mean_ci
+    from unlearn_core.metrics.stats import mean_ci
 
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     cells: dict[tuple[str, str], list[dict]] = {}

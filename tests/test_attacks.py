@@ -242,15 +242,15 @@ def test_robust_weight_zero_changes_nothing_and_robust_needs_sdd():
 
 @pytest.fixture(scope="module")
 def toy():
-    from unlearn_core.metrics.toy import load_toy_world
+    from unlearn_core.toyworld.world import load_toy_world
 
     return load_toy_world()
 
 
 @needs_toy
 def test_attack_revives_the_concept_on_the_untouched_model_more_than_on_an_erased_one(toy):
-    from unlearn_core.attacks.toy import toy_attack, toy_config
     from unlearn_core.result import weights_hash
+    from unlearn_core.toyworld.attacks import toy_attack, toy_config
 
     erased = toy.erase("cross", method="uce")
     before = weights_hash(toy.model.unet)
@@ -266,7 +266,7 @@ def test_attack_revives_the_concept_on_the_untouched_model_more_than_on_an_erase
 
 @needs_toy
 def test_toy_attack_refuses_a_concept_the_judges_do_not_know(toy):
-    from unlearn_core.attacks.toy import toy_attack, toy_config
+    from unlearn_core.toyworld.attacks import toy_attack, toy_config
 
     with pytest.raises(ConfigError) as e:
         toy_attack(toy, None, toy_config("a photo of a dog", steps=1))
@@ -299,7 +299,7 @@ def test_cli_attacks_the_untouched_toy_model_and_writes_its_files(tmp_path, caps
 ])
 def test_cli_refuses_bad_input_in_one_line_before_loading(argv, start, capsys, monkeypatch):
     from unlearn_core import cli
-    from unlearn_core.metrics import toy
+    from unlearn_core.toyworld import world as toy
 
     monkeypatch.setattr(toy, "load_toy_world", lambda *a: pytest.fail("loaded a model"))
     code = cli.main(["attack", "--concept", "cross", *argv])

@@ -3,14 +3,13 @@
 import pytest
 from unlearn_testkit.sd1_fixture import make_sd1_folder
 
-from unlearn_core.cli import build_parser, main
+from unlearn_core.cli import build_parser, command_parsers, main
 from unlearn_core.config import config_fields, field_help
 from unlearn_core.files import read_metadata
 
 
 def test_every_config_field_is_a_flag_with_its_help():
-    parser = build_parser()
-    erase_parser = parser._subparsers._group_actions[0].choices["erase"]
+    erase_parser = command_parsers()["erase"]
     helps = {a.dest: a.help for a in erase_parser._actions}
     for name in config_fields():
         assert name in helps, name
@@ -43,7 +42,7 @@ def test_erase_writes_a_file_with_summary(tmp_path, capsys, extra, suffix):
 
 
 def test_preset_is_under_the_flags_and_booleans_take_no_value():
-    from unlearn_core.cli import config_from_args
+    from unlearn_core.cli.common import config_from_args
 
     parser = build_parser()
     args = parser.parse_args(["erase", "--model", "m", "--output", "o.safetensors", "--concept",

@@ -238,7 +238,7 @@ def test_debug_shows_the_traceback(how, tmp_path, capsys, monkeypatch):
 
 
 def test_an_unexpected_error_is_one_line_and_exit_1(capsys, monkeypatch):
-    import unlearn_core.toyworld.demo as demo
+    import unlearn_core.cli.demo as demo
 
     def broken(args):
         raise RuntimeError("something inside broke")
@@ -250,7 +250,7 @@ def test_an_unexpected_error_is_one_line_and_exit_1(capsys, monkeypatch):
 
 
 def test_an_os_error_names_the_file(capsys, monkeypatch):
-    import unlearn_core.toyworld.demo as demo
+    import unlearn_core.cli.demo as demo
 
     def no_space(args):
         raise OSError(28, "No space left on device", "/data/out/grid.png")

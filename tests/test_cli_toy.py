@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from unlearn_core.cli import main, read_concepts_file
+from unlearn_core.cli import main
+from unlearn_core.cli.erase import read_concepts_file
 from unlearn_core.files import load_erasure, read_metadata
 
 TINY = ["--steps", "2", "--sampling-steps", "2"]
@@ -20,11 +21,11 @@ def test_erase_from_the_toy_model_writes_a_file_probe_can_read(tmp_path, capsys)
     assert "wrote" in capsys.readouterr().out
     assert "cross" in str(read_metadata(out))
     # It loads against the toy model's layers, as `unlearn probe --erasure` reads it.
-    from unlearn_core.metrics.probe_cli import _layer_shapes
+    from unlearn_core.cli.common import layer_shapes
     from unlearn_core.toyworld import load_toy_model
     from unlearn_core.toyworld.erasure import toy_denoiser
 
-    loaded = load_erasure(out, _layer_shapes(toy_denoiser(load_toy_model()).module))
+    loaded = load_erasure(out, layer_shapes(toy_denoiser(load_toy_model()).module))
     assert loaded.deltas and any(float(d.weight().abs().sum()) > 0 for d in loaded.deltas.values())
     assert loaded.metadata["config"]["concepts"] == ["cross"]
 

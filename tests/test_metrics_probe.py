@@ -156,7 +156,7 @@ needs_toy = pytest.mark.skipif(
 def test_curve_rises_with_psi_for_an_erased_toy_concept():
     """UCE erases "cross"; the more of the trajectory the base model runs, the more the shape judge
     sees a cross. Monotone within a tolerance for 12 seeds of judge noise."""
-    from unlearn_core.metrics.toy import load_toy_world, toy_judge_scorer
+    from unlearn_core.toyworld.world import load_toy_world, toy_judge_scorer
 
     world = load_toy_world()
     erasure = world.erase("cross", "uce")

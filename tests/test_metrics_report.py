@@ -129,7 +129,7 @@ def test_grid_and_classifier_scorer():
 
 @needs_toy
 def test_toy_report_erased_drops_retained_stays(tmp_path):
-    from unlearn_core.metrics.toy import load_toy_world, toy_judge_scorer
+    from unlearn_core.toyworld.world import load_toy_world, toy_judge_scorer
 
     world = load_toy_world()
     erasure = world.erase("cross", "uce")

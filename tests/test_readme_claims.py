@@ -95,10 +95,10 @@ def code_text() -> list[str]:
 
 
 def parser_flags() -> dict[str, set[str]]:
-    from unlearn_core.cli import build_parser
+    from unlearn_core.cli import command_parsers
 
-    sub = next(a for a in build_parser()._actions if a.dest == "command")
-    return {name: {s for a in p._actions for s in a.option_strings} for name, p in sub.choices.items()}
+    return {name: {s for a in p._actions for s in a.option_strings}
+            for name, p in command_parsers().items()}
 
 
 def test_cli_commands_in_the_readme_use_real_flags():

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from unlearn_core.cli import main
+from unlearn_core.cli.bench import QUICK, QUICK_SETTINGS
 from unlearn_core.toyworld import load_judges, load_toy_model
-from unlearn_core.toyworld.bench import QUICK, QUICK_SETTINGS
 from unlearn_core.toyworld.erasure import erase_toy, toy_config
 from unlearn_core.toyworld.evaluate import evaluate, retention_ratio, split_prompts
 from unlearn_core.toyworld.settings import AXES
@@ -80,7 +80,7 @@ def test_demo_runs_for_every_kind_of_concept(concept, tmp_path, capsys):
 
 @pytest.mark.parametrize("concept", [c for axis in AXES.values() for c in axis])
 def test_demo_grid_rows_come_from_the_sets_and_vary(concept):
-    from unlearn_core.toyworld.demo import GRID_ROWS, varied_prompts
+    from unlearn_core.cli.demo import GRID_ROWS, varied_prompts
 
     for prompt_set in split_prompts([concept]):
         rows = varied_prompts(prompt_set)

@@ -7,7 +7,8 @@
 
 ``concept_inversion`` (CCE-style) and ``prompt_attack`` (UnlearnDiffAtk-style) optimise a few rows
 of the conditioning against the erased model with the denoising loss on images of the concept;
-``probe`` is the partial-diffusion probe on the same scale. ``toy`` runs them on the toy world.
+``probe`` is the partial-diffusion probe on the same scale. ``toyworld.attacks`` runs them on the
+toy world (this package never imports the toy world).
 """
 
 from __future__ import annotations
@@ -20,15 +21,13 @@ _EXPORTS: dict[str, str] = {
     "AttackConfig": "config", "KINDS": "config",
     "AttackResult": "core", "attack": "core", "concept_targets": "core", "learn_context": "core",
     "wilson_interval": "core",
-    "toy_attack": "toy",
 }
 
 __all__ = ["AttackConfig", "AttackResult", "KINDS", "attack", "concept_targets", "learn_context",
-           "toy_attack", "wilson_interval"]
+           "wilson_interval"]
 
 if TYPE_CHECKING:
     from .config import KINDS, AttackConfig
     from .core import AttackResult, attack, concept_targets, learn_context, wilson_interval
-    from .toy import toy_attack
 
 __getattr__, __dir__ = _lazy.install(__name__, _EXPORTS)

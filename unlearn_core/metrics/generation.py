@@ -92,6 +92,11 @@ def unit_from_signed(x: Tensor) -> Tensor:
     return ((x.float() + 1) / 2).clamp(0, 1)
 
 
+def signed_from_unit(images: Tensor) -> Tensor:
+    """The inverse: images in [0, 1] -> [-1, 1] (2x - 1), for a model or judge that reads them."""
+    return images * 2 - 1
+
+
 @torch.no_grad()
 def generate_images(
     denoiser: Denoiser,

@@ -1,6 +1,6 @@
-"""The metrics on the toy world (README, "The toy world"): its model as a denoiser, its judges and tiny CLIP as
-scorers, and a quick erasure to measure. What ``unlearn probe`` runs by default, and what the
-tests and the benchmark run on.
+"""The toy world as the metrics and attacks see it (README, "The toy world"): its model as a
+denoiser, its judges as a scorer, and a quick erasure to measure. What ``unlearn probe`` and
+``unlearn attack`` run by default, and what the tests and the benchmarks run on.
 
 Toy images live in [-1, 1]; the metrics take [0, 1], so decoding is (x + 1) / 2 and the judges'
 preprocess maps back with 2x - 1.
@@ -15,25 +15,21 @@ import torch
 
 from ..denoiser import DiffusersDenoiser
 from ..errors import ConfigError
+from ..metrics.generation import signed_from_unit, unit_from_signed
+from ..metrics.scorers import ClassifierScorer, JointClassifierScorer
 from ..result import EraseResult
-from ..toyworld.generation import DEFAULT_GUIDANCE
-from .generation import unit_from_signed
-from .scorers import ClassifierScorer, JointClassifierScorer
+from .generation import DEFAULT_GUIDANCE
 
 Tensor = torch.Tensor
 
 TOY_GUIDANCE = DEFAULT_GUIDANCE  # the toy world's own sampling guidance (3.0)
 
 
-def _signed(images: Tensor) -> Tensor:
-    return images * 2 - 1
-
-
 @dataclass
 class ToyWorld:
     """The toy model as the metrics see it."""
 
-    model: object  # toyworld.ToyModel
+    model: object  # ToyModel
     denoiser: DiffusersDenoiser
     latent_shape: tuple[int, int, int] = (3, 16, 16)
 
@@ -49,7 +45,7 @@ class ToyWorld:
         """Erase ``concept`` with UCE (closed form, seconds) or the toy world's short-run SDD
         settings (``toyworld.erasure.TOY_SETTINGS``); ``settings`` override config fields,
         ``callback`` is the trainer's."""
-        from ..toyworld.erasure import erase_toy, toy_config
+        from .erasure import erase_toy, toy_config
 
         if method not in ("uce", "train"):
             raise ConfigError("method", method, "unknown erasure method", "use uce or train")
@@ -58,9 +54,9 @@ class ToyWorld:
 
 def load_toy_world(path: str | None = None) -> ToyWorld:
     """The trained toy model (the committed asset unless ``path``), ready for the metrics."""
-    from ..toyworld import TOY_MODEL_FILE, load_toy_model
-    from ..toyworld.erasure import toy_denoiser
-    from ..toyworld.hashes import asset_path
+    from . import TOY_MODEL_FILE, load_toy_model
+    from .erasure import toy_denoiser
+    from .hashes import asset_path
 
     file = path if path is not None else asset_path(TOY_MODEL_FILE)
     if path is None and not asset_path(TOY_MODEL_FILE).is_file():
@@ -73,15 +69,15 @@ def load_toy_world(path: str | None = None) -> ToyWorld:
 def toy_judge_scorer(path: str | None = None) -> JointClassifierScorer:
     """The toy judges as one scorer: the product of the shape, colour and texture judges'
     confidence in what the prompt names ("a blue square" -> P(square) * P(blue))."""
-    from ..toyworld import JUDGES_FILE, load_judges
-    from ..toyworld.hashes import asset_path
-    from ..toyworld.judges import JUDGE_CLASSES
+    from . import JUDGES_FILE, load_judges
+    from .hashes import asset_path
+    from .judges import JUDGE_CLASSES
 
     if path is None and not asset_path(JUDGES_FILE).is_file():
         raise ConfigError("scorer", "judge", "the toy world's judges are missing",
                           "run scripts/train_judges.py, or score with a CLIP model")
     judges = load_judges(path)
     # The shape judge's reject class ("none") is never named by a prompt.
-    parts = tuple(ClassifierScorer(judges[axis], JUDGE_CLASSES[axis], _signed, name=f"{axis} judge")
+    parts = tuple(ClassifierScorer(judges[axis], JUDGE_CLASSES[axis], signed_from_unit, name=f"{axis} judge")
                   for axis in ("shape", "colour", "texture"))
     return JointClassifierScorer(parts, name="judge confidence")

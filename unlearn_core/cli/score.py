@@ -16,46 +16,7 @@ from pathlib import Path
 
 from ..devices import DEVICE_HELP, check_device, resolve_device
 from ..errors import ConfigError
-
-TOY_ARCH = "unlearn-toy-clip"
-
-
-def add_clip_arguments(p: argparse.ArgumentParser) -> None:
-    """The flags that pick a CLIP model (shared with ``unlearn probe``)."""
-    p.add_argument("--clip-arch", default=None,
-                   help="open_clip architecture (e.g. ViT-B-32, ViT-L-14) or a JSON model config; "
-                   "default: the toy world's tiny CLIP")
-    p.add_argument("--clip-weights", default=None,
-                   help="local open_clip weights file (.safetensors, .bin, .pt); never downloaded")
-    p.add_argument("--image-norm", default="auto", choices=("auto", "clip", "signed"),
-                   help="image normalisation: clip mean/std, or signed (2x-1, the toy CLIP)")
-    p.add_argument("--tokenizer-dir", default=None,
-                   help="local Hugging Face tokenizer folder, for architectures that need one")
-    p.add_argument("--template", default="{}",
-                   help='prompt template; {} is replaced by the prompt, e.g. "a photo of {}"')
-
-
-def load_clip_from_args(args: argparse.Namespace, device: str = "cpu"):
-    from .clip_score import load_clip
-
-    arch, weights = args.clip_arch, args.clip_weights
-    if weights is None:
-        if arch not in (None, TOY_ARCH):
-            raise ConfigError("--clip-weights", None, f"--clip-arch {arch} needs its weights file",
-                              "give --clip-weights PATH (a file you downloaded)")
-        from ..toyworld import TINY_CLIP_FILE
-        from ..toyworld.hashes import asset_path
-
-        weights = asset_path(TINY_CLIP_FILE)
-        if not weights.is_file():
-            raise ConfigError("--clip-weights", None, "no CLIP weights given and the toy world's tiny "
-                              f"CLIP is missing ({weights})", "give --clip-arch and --clip-weights")
-        arch = TOY_ARCH
-    if arch is None:
-        raise ConfigError("--clip-arch", None, "the architecture of --clip-weights is not given",
-                          "give --clip-arch (e.g. ViT-B-32) or a JSON model config")
-    return load_clip(arch, weights, device=device, image_norm=args.image_norm,
-                     tokenizer_dir=args.tokenizer_dir)
+from .common import add_clip_arguments, load_clip_from_args
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -79,8 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _load_batch(paths: list[Path], size: tuple[int, int]):
     import torch
 
-    from .clip_score import resize_center_crop
-    from .images import load_image
+    from ..metrics.clip_score import resize_center_crop
+    from ..metrics.images import load_image
 
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
@@ -91,8 +52,8 @@ def _load_batch(paths: list[Path], size: tuple[int, int]):
 
 
 def run(args: argparse.Namespace) -> int:
-    from .clip_score import check_template, clip_score
-    from .images import image_files
+    from ..metrics.clip_score import check_template, clip_score
+    from ..metrics.images import image_files
 
     check_device(args.device)
     check_template(args.template)
@@ -130,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
            "images": [str(p) for p in paths], "clip_score": scores.to_dict()}
     print(scores.table([p.name for p in paths]))
     if before_paths is not None:
-        from .directional import directional_similarity
+        from ..metrics.directional import directional_similarity
 
         before = _load_batch(before_paths, size)
         ds = directional_similarity(clip, before, images, args.source, args.target, args.template,

@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING
 
 from ..errors import ConfigError, OutputExistsError
 from ..threads import THREADS_HELP, check_threads
-from .settings import AXES, TOY_SETTINGS
+from ..toyworld.settings import AXES, TOY_SETTINGS
 
 if TYPE_CHECKING:
     import torch
 
-    from .generation import PromptSet
+    from ..toyworld.generation import PromptSet
 
 GRID_SEEDS = (0, 1, 2)
 GRID_ROWS = 3  # erased and kept prompts each
@@ -79,7 +79,7 @@ class TrainingMonitor:
     def __init__(self, model, judges, concepts: list[str], steps: int, untouched, write) -> None:
         import torch
 
-        from .evaluate import split_prompts
+        from ..toyworld.evaluate import split_prompts
 
         erased, retained = split_prompts(concepts)
         self.n = len(erased)
@@ -97,9 +97,10 @@ class TrainingMonitor:
         """(efficacy, mean accuracy on the retained captions, CLIP score of the erased prompts) of
         ``images``, or of images the model generates now."""
         from ..metrics.clip_score import clip_score
-        from .evaluate import EVAL_SEED, RETAINED_SEED_OFFSET, concept_axis, toy_clip
-        from .generation import generate
-        from .judges import judge
+        from ..metrics.generation import unit_from_signed
+        from ..toyworld.evaluate import EVAL_SEED, RETAINED_SEED_OFFSET, concept_axis, toy_clip
+        from ..toyworld.generation import generate
+        from ..toyworld.judges import judge
 
         if images is None:
             seeds = [EVAL_SEED + i for i in range(self.n)]
@@ -113,7 +114,7 @@ class TrainingMonitor:
             hits += int(((pred[axis][:n] == idx) & mask).sum())
             pairs += int(mask.sum())
         kept = [float((pred[a][n:] == self.labels[a][n:]).float().mean()) for a in AXES]
-        clip = clip_score(toy_clip(), (images[:n].clamp(-1, 1) + 1) / 2, self.prompts[:n],
+        clip = clip_score(toy_clip(), unit_from_signed(images[:n]), self.prompts[:n],
                           template="{}").mean
         return hits / max(pairs, 1), sum(kept) / len(kept), clip
 
@@ -138,7 +139,7 @@ class TrainingMonitor:
 
 def _grid_images(model, prompts: list[str]) -> torch.Tensor:
     """One image per (prompt, grid seed), prompt-major."""
-    from .generation import generate
+    from ..toyworld.generation import generate
 
     return generate(model, [p for p in prompts for _ in GRID_SEEDS],
                     [s for _ in prompts for s in GRID_SEEDS])
@@ -146,12 +147,13 @@ def _grid_images(model, prompts: list[str]) -> torch.Tensor:
 
 def _grid(before: torch.Tensor, after: torch.Tensor, erased_prompts: list[str],
           retained_prompts: list[str]) -> torch.Tensor:
+    from ..metrics.generation import unit_from_signed
     from ..metrics.images import labelled_grid
 
     prompts = erased_prompts + retained_prompts
 
     def block(x: torch.Tensor) -> torch.Tensor:
-        return ((x.clamp(-1, 1) + 1) / 2).reshape(len(prompts), len(GRID_SEEDS), *x.shape[1:])
+        return unit_from_signed(x).reshape(len(prompts), len(GRID_SEEDS), *x.shape[1:])
 
     labels = [f"{'erased' if i < len(erased_prompts) else 'kept'}: {p}"
               for i, p in enumerate(prompts)]
@@ -191,9 +193,9 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..threads import parameter_count, set_threads
-    from . import load_judges, load_toy_model
-    from .erasure import erase_toy, toy_config, toy_denoiser
-    from .evaluate import (
+    from ..toyworld import load_judges, load_toy_model
+    from ..toyworld.erasure import erase_toy, toy_config, toy_denoiser
+    from ..toyworld.evaluate import (
         concept_axis,
         evaluate,
         retention_ratio,

@@ -22,11 +22,9 @@ from pathlib import Path
 
 from ..devices import DEVICE_HELP, check_device, resolve_device
 from ..errors import ConfigError
+from ..metrics.config import ProbeConfig, ReportConfig
 from ..threads import THREADS_HELP, check_threads
-from .cli import add_clip_arguments, load_clip_from_args
-from .config import ProbeConfig, ReportConfig
-
-SD_VAE_SCALE = 0.18215  # SD-1's latent scaling factor (LDM, Rombach et al. 2022)
+from .common import SDWorld, add_clip_arguments, check_sources, load_clip_from_args, load_erasure_file
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -66,70 +64,13 @@ def _help(name: str) -> str:
     return {f.name: f for f in dataclasses.fields(ProbeConfig)}[name].metadata["help"]
 
 
-def _layer_shapes(module) -> dict[str, tuple[int, ...]]:
-    import torch
-
-    return {n: tuple(m.weight.shape) for n, m in module.named_modules()
-            if isinstance(getattr(m, "weight", None), torch.Tensor)}
-
-
-class _SDWorld:
-    """A local SD-1.x folder: UNet denoiser, CLIP text encoder, VAE decoder."""
-
-    def __init__(self, path: str, device: str, resolution: int) -> None:
-        import torch
-        from diffusers import AutoencoderKL
-
-        from ..sd1 import SD1Pipeline, load_component
-
-        if resolution % 8:
-            raise ConfigError("--resolution", resolution, "must be a multiple of 8", "use e.g. 512")
-        pipe = SD1Pipeline(path, device=device)
-        self.denoiser = pipe.denoiser
-        self.encode = pipe.encode
-        self.vae = load_component(Path(path), "vae", lambda: AutoencoderKL.from_pretrained(
-            Path(path) / "vae", local_files_only=True)).to(device).eval()
-        self.latent_shape = (4, resolution // 8, resolution // 8)
-        self._torch = torch
-
-    def decode(self, latents):
-        with self._torch.no_grad():
-            x = self.vae.decode(latents.to(self.vae.dtype) / SD_VAE_SCALE).sample
-        return ((x.float() + 1) / 2).clamp(0, 1)
-
-
-def check_sources(args: argparse.Namespace, toy: bool, verb: str, clip_why: str, clip_fix: str,
-                  prompts: dict[str, list[str]]) -> None:
-    """The checks ``unlearn probe`` and ``unlearn attack`` share, before anything loads: the
-    erasure file, the scorer for the model's world, and on SD-1.x the CLIP weights and the erase
-    command's prompt-length rule (the folder's tokenizer only)."""
-    if args.erasure is not None and not Path(args.erasure).is_file():
-        raise ConfigError("--erasure", args.erasure, "the file does not exist",
-                          "give the .safetensors file written by `unlearn erase`")
-    if not toy and args.erasure is None:
-        raise ConfigError("--erasure", None, f"a model on disk needs the erasure to {verb}",
-                          "give --erasure FILE (from `unlearn erase`)")
-    if args.scorer == "judge" and not toy:
-        raise ConfigError("--scorer", "judge", "judges exist only in the toy world",
-                          "use --scorer clip with --clip-arch and --clip-weights")
-    if not toy and args.clip_weights is None:
-        raise ConfigError("--clip-weights", None,
-                          f"SD-1's text encoder has no projection head, so {clip_why}", clip_fix)
-    if not toy:
-        from ..prompts import check_prompt_lengths
-        from ..sd1 import load_tokenizer, token_counter
-
-        check_prompt_lengths(prompts, token_counter(load_tokenizer(args.model)))
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
+    from ..metrics.images import save_png
+    from ..metrics.probe import partial_diffusion_probe
     from ..threads import parameter_count, set_threads
-    from .generation import DeltaErasure
-    from .images import save_png
-    from .probe import partial_diffusion_probe
 
     check_threads(args.threads)
     check_device(args.device)
@@ -137,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(ProbeConfig)
               if f.name != "concept" and getattr(args, f.name, None) is not None}
     if toy:
-        from .toy import TOY_GUIDANCE
+        from ..toyworld.world import TOY_GUIDANCE
 
         values.setdefault("guidance", TOY_GUIDANCE)
     config = ProbeConfig(concept=args.concept, **values)  # checked before anything loads
@@ -149,23 +90,17 @@ def run(args: argparse.Namespace) -> int:
         Path(args.output).mkdir(parents=True, exist_ok=True)
 
     if toy:
-        from .toy import load_toy_world
+        from ..toyworld.world import load_toy_world
 
         world = load_toy_world()
-        encode, decode, latent_shape = world.encode, world.decode, world.latent_shape
-        denoiser = world.denoiser
     else:
-        world = _SDWorld(args.model, device, args.resolution)
-        encode, decode, latent_shape = world.encode, world.decode, world.latent_shape
-        denoiser = world.denoiser
+        world = SDWorld(args.model, device, args.resolution)
+    encode, decode, latent_shape = world.encode, world.decode, world.latent_shape
+    denoiser = world.denoiser
     set_threads(args.threads, parameter_count(denoiser.module))
 
     if args.erasure is not None:
-        from ..files import load_erasure
-
-        loaded = load_erasure(args.erasure, _layer_shapes(denoiser.module))
-        erased = DeltaErasure(loaded.deltas, loaded.metadata)
-        print(f"erasure: {args.erasure} ({len(loaded.deltas)} layers)", file=sys.stderr)
+        erased = load_erasure_file(args.erasure, denoiser)
     else:
         settings = {"steps": args.steps} if args.steps and args.method == "train" else {}
         with tqdm(desc=f"erasing {config.concept!r} ({args.method})", unit="step",
@@ -177,11 +112,11 @@ def run(args: argparse.Namespace) -> int:
             erased = world.erase(config.concept, args.method, callback=step, **settings)
 
     if args.scorer == "clip" or (args.scorer == "auto" and not toy):
-        from .scorers import ClipScorer
+        from ..metrics.scorers import ClipScorer
 
         scorer = ClipScorer(load_clip_from_args(args, device), args.template)
     else:
-        from .toy import toy_judge_scorer
+        from ..toyworld.world import toy_judge_scorer
 
         scorer = toy_judge_scorer()
         if not scorer.understands(config.concept):
@@ -189,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
                 raise ConfigError("--concept", config.concept, "the toy judges know shapes, colours "
                                   "and textures, and the concept names none", "name one, or use "
                                   "--scorer clip")
-            from .scorers import ClipScorer
+            from ..metrics.scorers import ClipScorer
 
             scorer = ClipScorer(load_clip_from_args(args, device), args.template)
 
@@ -216,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
                                       "![images](probe_images.png)\n")
         print(f"wrote {out}/probe_curve.png, probe_images.png, probe.json, probe.md", file=sys.stderr)
     if args.retained:
-        from .report import build_report
+        from ..metrics.report import build_report
 
         rconf = ReportConfig(erased_prompts=(config.concept,), retained_prompts=tuple(args.retained),
                              seeds=config.seeds, guidance=config.guidance,

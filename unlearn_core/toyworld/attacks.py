@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..attacks.config import AttackConfig
+from ..attacks.core import AttackResult, Progress, attack
 from ..metrics.generation import Erasure
-from ..metrics.toy import TOY_GUIDANCE, ToyWorld, toy_judge_scorer
-from .config import AttackConfig
-from .core import AttackResult, Progress, attack
+from .world import TOY_GUIDANCE, ToyWorld, toy_judge_scorer
 
-# The toy world samples with guidance 3 (toyworld.generation); 10 DDIM steps, 16 judged images.
+# The toy world samples with guidance 3 (generation); 10 DDIM steps, 16 judged images.
 TOY_ATTACK: dict[str, Any] = dict(guidance=TOY_GUIDANCE, sampling_steps=10, threshold=0.5,
                                   seeds=tuple(range(16)), targets=16, steps=150, batch_size=8)
 # Per kind, measured on the toy world against the untouched model (12 images, 150 x 8): the

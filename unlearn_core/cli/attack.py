@@ -23,12 +23,11 @@ import json
 import sys
 from pathlib import Path
 
+from ..attacks.config import KINDS, AttackConfig
 from ..devices import DEVICE_HELP, check_device, resolve_device
 from ..errors import ConfigError
-from ..metrics.cli import add_clip_arguments, load_clip_from_args
-from ..metrics.probe_cli import check_sources
 from ..threads import THREADS_HELP, check_threads
-from .config import KINDS, AttackConfig
+from .common import SDWorld, add_clip_arguments, check_sources, load_clip_from_args, load_erasure_file
 
 TOY_DEFAULTS = "toy world: guidance 3, 10 sampling steps, 16 seeds and targets, batch 8"
 
@@ -85,15 +84,17 @@ def _target_latents(paths, world, toy: bool):
     size = world.latent_shape[1] * (1 if toy else 8)
     images = torch.cat([resize_center_crop(load_image(p)[None], (size, size)) for p in files])
     if toy:
-        return images * 2 - 1
+        from ..metrics.generation import signed_from_unit
+
+        return signed_from_unit(images)
     return world.encode_images(images)
 
 
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from ..attacks.core import attack
     from ..threads import parameter_count, set_threads
-    from .core import attack
 
     check_threads(args.threads)
     check_device(args.device)
@@ -101,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(AttackConfig)
               if f.name not in ("concept", "kind") and hasattr(args, f.name)}
     if toy:
-        from .toy import TOY_ATTACK, TOY_KIND
+        from ..toyworld.attacks import TOY_ATTACK, TOY_KIND
 
         values = TOY_ATTACK | TOY_KIND[args.kind] | values
     config = AttackConfig(concept=args.concept, kind=args.kind, **values)  # checked first
@@ -128,22 +129,16 @@ def run(args: argparse.Namespace) -> int:
         Path(args.output).mkdir(parents=True, exist_ok=True)
 
     if toy:
-        from ..metrics.toy import load_toy_world
+        from ..toyworld.world import load_toy_world
 
         world = load_toy_world()
     else:
-        world = _SDAttackWorld(args.model, device, args.resolution)
+        world = SDWorld(args.model, device, args.resolution)
     denoiser = world.denoiser
     set_threads(args.threads, parameter_count(denoiser.module))
 
     if args.erasure is not None:
-        from ..files import load_erasure
-        from ..metrics.generation import DeltaErasure
-        from ..metrics.probe_cli import _layer_shapes
-
-        loaded = load_erasure(args.erasure, _layer_shapes(denoiser.module))
-        erased = DeltaErasure(loaded.deltas, loaded.metadata)
-        print(f"erasure: {args.erasure} ({len(loaded.deltas)} layers)", file=sys.stderr)
+        erased = load_erasure_file(args.erasure, denoiser)
     elif args.method == "none":
         erased = denoiser
     else:
@@ -163,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
 
         scorer = ClipScorer(load_clip_from_args(args, device), args.template)
     else:
-        from ..metrics.toy import toy_judge_scorer
+        from ..toyworld.world import toy_judge_scorer
 
         scorer = toy_judge_scorer()
         if not scorer.understands(config.concept):
@@ -198,23 +193,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {out}/attack_images.png, attack.json, attack.md", file=sys.stderr)
     return 0
 
-
-class _SDAttackWorld:
-    """The probe's SD-1.x world, plus the VAE encoder for ``--images``."""
-
-    def __init__(self, path: str, device: str, resolution: int) -> None:
-        from ..metrics.probe_cli import _SDWorld
-
-        self._world = _SDWorld(path, device, resolution)
-        self.denoiser, self.encode = self._world.denoiser, self._world.encode
-        self.latent_shape, self.decode = self._world.latent_shape, self._world.decode
-
-    def encode_images(self, images):
-        import torch
-
-        from ..metrics.probe_cli import SD_VAE_SCALE
-
-        vae = self._world.vae
-        with torch.no_grad():
-            x = (images * 2 - 1).to(vae.device, vae.dtype)
-            return vae.encode(x).latent_dist.mean.float().cpu() * SD_VAE_SCALE

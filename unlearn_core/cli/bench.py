@@ -12,20 +12,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
-import statistics
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..metrics.stats import mean_ci
 from ..threads import THREADS_HELP, check_threads
-from .settings import TASKS, TOY_SETTINGS
-
-# two-sided 95% Student t quantiles by degrees of freedom
-_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+from ..toyworld.settings import TASKS, TOY_SETTINGS
 
 LOSSES_DEFAULT = ("l2", "jensen_shannon", "cramer_wold")
 # --quick: the benchmark's flags it sets, and config settings for its trained runs (under --set).
@@ -37,14 +33,6 @@ QUICK: dict[str, Any] = dict(tasks="shape", losses="l2", objectives="sdd", seeds
                              repeats=1)
 QUICK_SETTINGS: dict[str, Any] = dict(ema_decay=0.95)
 OBJECTIVES_DEFAULT = ("sdd", "esd")
-
-
-def mean_ci(values: list[float]) -> tuple[float, float]:
-    """Mean and half-width of the 95% interval (0 for a single value)."""
-    m = statistics.fmean(values)
-    if len(values) < 2:
-        return m, 0.0
-    return m, _T95.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -105,9 +93,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..threads import parameter_count, set_threads
-    from . import load_judges, load_toy_model
-    from .erasure import erase_toy, toy_config
-    from .evaluate import evaluate, retention_ratio, uncond_rate
+    from ..toyworld import load_judges, load_toy_model
+    from ..toyworld.erasure import erase_toy, toy_config
+    from ..toyworld.evaluate import evaluate, retention_ratio, uncond_rate
 
     quick_settings: dict[str, Any] = {}
     if args.quick:
