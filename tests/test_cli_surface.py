@@ -210,7 +210,7 @@ def test_score_on_a_file_that_is_not_an_image(tmp_path, capsys):
     (["bench", "--seeds", "0"], "--seeds = 0"),
     (["bench", "--set", "lr"], "FIELD=VALUE"),
     (["bench", "--set", "batch_size=many"], "'many' is not a whole number"),
-    (["bench", "--set", "steps=5"], "use --steps N instead"),  # was a raw TypeError
+    (["bench", "--set", "steps=0"], "--steps = 0"),  # --set steps=N is --steps N
     (["bench", "--set", "seed=3"], "use --seeds N instead"),
     (["bench", "--tasks", "nope"], "unknown task"),
     (["probe", "--concept", "cross", "--threads", "-2"], "--threads = -2"),

@@ -109,3 +109,24 @@ def test_bench_quick_erases_and_writes_table_json_and_plot(tmp_path):
     assert run["config"]["steps"] == QUICK["steps"]
     assert {k: run["config"][k] for k in QUICK_SETTINGS} == QUICK_SETTINGS
     assert (out / "bench.png").stat().st_size > 1000
+
+
+def test_bench_set_steps_is_the_step_budget_of_every_trained_run(tmp_path, monkeypatch):
+    """``--set steps=N`` sets the trained runs' steps (it once passed ``steps`` twice and crashed
+    with a raw TypeError)."""
+    import unlearn_core.toyworld.erasure as erasure
+
+    real, configs = erasure.erase_toy, []
+
+    def recording(model, config, *args, **kwargs):
+        configs.append(config)
+        return real(model, config, *args, **kwargs)
+
+    monkeypatch.setattr(erasure, "erase_toy", recording)
+    assert main(["bench", "--tasks", "shape", "--losses", "l2", "--objectives", "sdd", "--no-uce",
+                 "--seeds", "1", "--repeats", "1", "--set", "steps=2", "--set",
+                 "sampling_steps=2", "--threads", "1", "--out", str(tmp_path)]) == 0
+    assert [(c.steps, c.sampling_steps) for c in configs] == [(2, 2)]
+    runs = json.loads((tmp_path / "bench.json").read_text())["runs"]
+    assert [r["config"]["steps"] for r in runs] == [2]
+

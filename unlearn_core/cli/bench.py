@@ -55,9 +55,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
 
 
-# Config fields the benchmark sets per run from its own flags; --set may not give them too.
-_OWN_FLAGS = {"steps": "--steps N", "seed": "--seeds N", "loss": "--losses",
-              "objective": "--objectives", "concepts": "--tasks"}
+# Config fields the benchmark sweeps per run from its own flags; --set may not give them too.
+# (steps is one value for every run: --set steps=N is the same as --steps N.)
+_OWN_FLAGS = {"seed": "--seeds N", "loss": "--losses", "objective": "--objectives",
+              "concepts": "--tasks"}
 
 
 def _parse_sets(items: list[str]) -> dict:
@@ -89,19 +90,18 @@ def _parse_sets(items: list[str]) -> dict:
     return out
 
 
-def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from ..threads import parameter_count, set_threads
-    from ..toyworld import load_judges, load_toy_model
-    from ..toyworld.erasure import erase_toy, toy_config
-    from ..toyworld.evaluate import evaluate, retention_ratio, uncond_rate
+def _plan(args: argparse.Namespace) -> tuple[list[str], list[tuple[str, str, str]], dict]:
+    """(tasks, methods, config overrides of the trained runs) from the flags, every config checked
+    before any work; ``--quick`` and ``--set steps=N`` are applied to ``args``."""
+    from ..toyworld.erasure import toy_config
 
     quick_settings: dict[str, Any] = {}
     if args.quick:
         for name, value in QUICK.items():
             setattr(args, name, value)
         quick_settings = dict(QUICK_SETTINGS)
+    overrides = quick_settings | _parse_sets(args.set)
+    args.steps = overrides.pop("steps", args.steps)
     for flag, value in (("--seeds", args.seeds), ("--steps", args.steps), ("--repeats", args.repeats)):
         if value < 1:
             raise ConfigError(flag, value, "must be 1 or more", f"give {flag} 1 or more")
@@ -109,7 +109,6 @@ def run(args: argparse.Namespace) -> int:
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     losses = [x.strip() for x in args.losses.split(",") if x.strip()]
     objectives = [x.strip() for x in args.objectives.split(",") if x.strip()]
-    overrides = quick_settings | _parse_sets(args.set)
     for t in tasks:
         if t not in TASKS:
             raise ConfigError("--tasks", t, "unknown task", f"use {', '.join(TASKS)}")
@@ -123,45 +122,68 @@ def run(args: argparse.Namespace) -> int:
                           "or keep --uce")
     for _, loss, obj in methods:  # validate every config before any work
         if loss != "-":
-            toy_config(["cross"], loss=loss, objective=obj, **_cw(loss), **overrides)
+            toy_config(["cross"], loss=loss, objective=obj, steps=args.steps, **_cw(loss),
+                       **overrides)
+    return tasks, methods, overrides
+
+
+def _bench_task(model, judges, task: str, methods, overrides: dict, args: argparse.Namespace
+                ) -> tuple[dict, list[dict]]:
+    """The untouched model's figures for one task, and one row per (method, seed)."""
+    from ..toyworld.erasure import erase_toy, toy_config
+    from ..toyworld.evaluate import evaluate, retention_ratio, uncond_rate
+
+    concepts = TASKS[task]
+    base = evaluate(model, judges, concepts, repeats=args.repeats)
+    floor = uncond_rate(model, judges, concepts)
+    baseline = {"efficacy": base.efficacy, "accuracy": base.retention_accuracy,
+                "clip_erased": base.clip_erased, "clip_retained": base.clip_retained,
+                "uncond_rate": floor}
+    print(f"[{task}] untouched: efficacy {base.efficacy:.2f}, uncond {floor:.2f}, accuracy "
+          f"{ {k: round(v, 3) for k, v in base.retention_accuracy.items()} }", flush=True)
+    rows = []
+    for method, loss, obj in methods:
+        seeds = range(args.seeds) if method == "train" else range(1)  # UCE is deterministic
+        for seed in seeds:
+            if method == "uce":
+                cfg = toy_config(concepts, method="uce", seed=seed)
+            else:
+                cfg = toy_config(concepts, loss=loss, objective=obj, steps=args.steps,
+                                 seed=seed, **_cw(loss), **overrides)
+            t0 = time.perf_counter()
+            res = erase_toy(model, cfg)
+            seconds = time.perf_counter() - t0
+            ev = evaluate(model, judges, concepts, res, repeats=args.repeats)
+            row = {
+                "task": task, "method": method, "loss": loss, "objective": obj, "seed": seed,
+                "efficacy": ev.efficacy, "retention": retention_ratio(ev, base),
+                "clip_erased": ev.clip_erased, "clip_retained": ev.clip_retained,
+                "seconds": seconds,
+                "unet_evals": res.metadata["unet_evals_nograd"] + res.metadata["unet_evals_grad"],
+                "config": cfg.to_dict(),
+            }
+            rows.append(row)
+            print(f"  {method:5s} {loss:15s} {obj:4s} seed {seed}: efficacy "
+                  f"{row['efficacy']:.2f} retention {row['retention']:.3f} "
+                  f"{seconds:.1f} s", flush=True)
+    return baseline, rows
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..threads import parameter_count, set_threads
+    from ..toyworld import load_judges, load_toy_model
+
+    tasks, methods, overrides = _plan(args)
     model, judges = load_toy_model(verify=True), load_judges(verify=True)
     set_threads(args.threads, parameter_count(model.unet, model.text_encoder))
     args.out.mkdir(parents=True, exist_ok=True)
     runs, baselines = [], {}
     started = time.perf_counter()
     for task in tasks:
-        concepts = TASKS[task]
-        base = evaluate(model, judges, concepts, repeats=args.repeats)
-        floor = uncond_rate(model, judges, concepts)
-        baselines[task] = {"efficacy": base.efficacy, "accuracy": base.retention_accuracy,
-                           "clip_erased": base.clip_erased, "clip_retained": base.clip_retained,
-                           "uncond_rate": floor}
-        print(f"[{task}] untouched: efficacy {base.efficacy:.2f}, uncond {floor:.2f}, accuracy "
-              f"{ {k: round(v, 3) for k, v in base.retention_accuracy.items()} }", flush=True)
-        for method, loss, obj in methods:
-            seeds = range(args.seeds) if method == "train" else range(1)  # UCE is deterministic
-            for seed in seeds:
-                if method == "uce":
-                    cfg = toy_config(concepts, method="uce", seed=seed)
-                else:
-                    cfg = toy_config(concepts, loss=loss, objective=obj, steps=args.steps,
-                                     seed=seed, **_cw(loss), **overrides)
-                t0 = time.perf_counter()
-                res = erase_toy(model, cfg)
-                seconds = time.perf_counter() - t0
-                ev = evaluate(model, judges, concepts, res, repeats=args.repeats)
-                row = {
-                    "task": task, "method": method, "loss": loss, "objective": obj, "seed": seed,
-                    "efficacy": ev.efficacy, "retention": retention_ratio(ev, base),
-                    "clip_erased": ev.clip_erased, "clip_retained": ev.clip_retained,
-                    "seconds": seconds,
-                    "unet_evals": res.metadata["unet_evals_nograd"] + res.metadata["unet_evals_grad"],
-                    "config": cfg.to_dict(),
-                }
-                runs.append(row)
-                print(f"  {method:5s} {loss:15s} {obj:4s} seed {seed}: efficacy "
-                      f"{row['efficacy']:.2f} retention {row['retention']:.3f} "
-                      f"{seconds:.1f} s", flush=True)
+        baselines[task], rows = _bench_task(model, judges, task, methods, overrides, args)
+        runs += rows
     table = markdown_table(runs, baselines)
     header = (f"Command: `unlearn bench {_argline(args)}`  \n"
               f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
