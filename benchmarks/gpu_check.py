@@ -25,7 +25,7 @@ def main() -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--preset", default="fast", help="config.PRESETS name (fast, fast-lora, sdd-paper)")
+    ap.add_argument("--preset", default="fast", help="config.RECIPES name (fast, fast-lora, sdd-paper)")
     ap.add_argument("--full-steps", type=int, default=0,
                     help="steps of a full erasure for the projection (0 = the preset's or 1500)")
     ap.add_argument("--no-reference", action="store_true")

@@ -75,7 +75,7 @@ def _run(job: tuple[str, str, dict, int]) -> dict:
 
 
 def main() -> None:
-    from unlearn_core.config import PRESETS
+    from unlearn_core.config import RECIPES
     from unlearn_core.metrics.stats import mean_ci
     from unlearn_core.toyworld.erasure import TOY_SETTINGS
 
@@ -89,7 +89,7 @@ def main() -> None:
                     help="run only the --lora-lr rows (no SDD loop, no equal-time row)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    ours = dict(PRESETS["fast"])  # == the engine's defaults (tests/test_bad_inputs.py pins it)
+    ours = dict(RECIPES["fast"])  # == the engine's defaults (tests/test_bad_inputs.py pins it)
     seeds = range(args.seeds)
     first = [] if args.skip_main else [
         ("SDD loop, 300 steps, EMA 0.99", REFERENCE | LONG),

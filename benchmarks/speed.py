@@ -52,11 +52,11 @@ def forward_flops(unet, latent: int) -> int:
 
 
 def preset_config(preset: str) -> dict:
-    """config.PRESETS[name]; a "+ckpt" suffix adds gradient checkpointing."""
-    from unlearn_core.config import PRESETS
+    """config.RECIPES[name]; a "+ckpt" suffix adds gradient checkpointing."""
+    from unlearn_core.config import RECIPES
 
     name, _, extra = preset.partition("+")
-    settings = dict(PRESETS[name])
+    settings = dict(RECIPES[name])
     if extra == "ckpt":
         settings["gradient_checkpointing"] = True
     elif extra:
@@ -161,7 +161,7 @@ def main() -> None:
     ap.add_argument("--latent", type=int, nargs="+", default=[16])
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--presets", nargs="+", default=["fast", "fast-lora"],
-                    help="our engine's presets to time (config.PRESETS; NAME+ckpt adds gradient "
+                    help="our engine's presets to time (config.RECIPES; NAME+ckpt adds gradient "
                          "checkpointing)")
     ap.add_argument("--no-reference", action="store_true", help="time only our presets")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")

@@ -134,7 +134,7 @@ class UnlearnEraseConcept:
     OUTPUT_TOOLTIPS = (OUT_MODEL_TIP, OUT_ERASURE_TIP, OUT_PLOT_TIP)
     DESCRIPTION = ("Fine-tunes a copy of the model so it no longer draws the concept "
                    "(self-distillation, SDD). Pick the kind of concept; everything else is the "
-                   "core's defaults with its fast preset. Progress bar and Cancel work; the "
+                   "core's defaults with its fast recipe. Progress bar and Cancel work; the "
                    "input MODEL is never changed.")
 
     @classmethod

@@ -1,7 +1,9 @@
 """What the simple Erase Concept node does for each kind of concept.
 
 Each use maps to a parameter selection and the few settings that go with it; everything else is
-the config's defaults with the core's "fast" preset (``widgets.node_defaults``).
+the config's defaults with the core's "fast" recipe (``widgets.node_defaults``). ("preset" is
+this node's word for a kind of concept, and its widget's name in saved workflows; the core's named
+loop settings are "recipes", ``config.RECIPES``.)
 
 - identity, artistic style, object, logo: a concept named in the prompt. Cross-attention only
   (``xattn``: every attn2 projection, SDD's default and ESD-x) -- the change stays tied to the
@@ -9,19 +11,23 @@ the config's defaults with the core's "fast" preset (``widgets.node_defaults``).
 - nudity: a global concept, also drawn for prompts that never name it. Everything but
   cross-attention (``noxattn``, ESD-u; Gandikota et al. 2023 use it for nudity). A full delta of
   those ~810M weights needs ~16 GB in float32 (delta, gradient, AdamW's two moments, EMA shadow),
-  so the preset trains a LoRA (rank 8, lr 1e-4, as the config's help advises for LoRA) to fit a
-  consumer GPU.
+  so the preset trains a LoRA to fit a consumer GPU: the core's "fast-lora" recipe (rank 8,
+  lr 1e-4, as the config's help advises for LoRA).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from ..unlearn_core.config import RECIPES
+
+# What the "fast-lora" recipe changes over "fast" (the LoRA), so the two never disagree.
+_LORA = {k: v for k, v in RECIPES["fast-lora"].items() if RECIPES["fast"].get(k) != v}
+
 USE_CASES: dict[str, dict[str, Any]] = {
     "identity": dict(selection="xattn"),
     "artistic style": dict(selection="xattn"),
-    "nudity": dict(selection="noxattn", parametrization="lora", lora_rank=8, lora_alpha=8.0,
-                   lr=1e-4),
+    "nudity": dict(selection="noxattn", **_LORA),
     "object": dict(selection="xattn"),
     "logo": dict(selection="xattn"),
 }

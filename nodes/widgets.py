@@ -3,7 +3,7 @@ the field's help text, combos come from its ``choices``, number ranges from ``mi
 
 Only what the config cannot say lives here: the widget step and the upper bounds a slider needs
 (the web UI assumes 0..2048 when none is given, and rounds a FLOAT to its step unless told not to).
-Defaults are the config's own, with the core's "fast" preset on top (``node_defaults``).
+Defaults are the config's own, with the core's "fast" recipe on top (``node_defaults``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from ..unlearn_core.config import PRESETS, EraseConfig, config_fields
+from ..unlearn_core.config import RECIPES, EraseConfig, config_fields
 from ..unlearn_core.errors import ConfigError
 from ..unlearn_core.selection import SELECTIONS
 
@@ -54,7 +54,7 @@ def node_defaults() -> dict[str, Any]:
     """Every config field's default with the core's "fast" loop applied (read at each call, so a
     retuned loop shows up without touching the nodes)."""
     values = {name: f.default for name, f in config_fields().items()}
-    values.update(PRESETS["fast"])
+    values.update(RECIPES["fast"])
     return values
 
 

@@ -101,13 +101,13 @@ def full_sd15_unet(comfy_host) -> str:
 
 @pytest.fixture
 def tiny_training(comfy_host, monkeypatch):
-    """Shrink the pack's "fast" preset -- where the simple Erase node takes its hidden settings --
+    """Shrink the pack's "fast" recipe -- where the simple Erase node takes its hidden settings --
     to CPU size (8x8 latents, 4-step trajectories) for one test. Patches the pack's own copy of
     unlearn_core (ComfyUI imported it under its own module name: ``node_helpers.pack_module``)."""
     from unlearn_testkit import node_helpers
 
-    presets = node_helpers.pack_module("unlearn_core.config").PRESETS
-    monkeypatch.setitem(presets, "fast", {**presets["fast"], **node_helpers.TINY_TRAINING})
+    recipes = node_helpers.pack_module("unlearn_core.config").RECIPES
+    monkeypatch.setitem(recipes, "fast", {**recipes["fast"], **node_helpers.TINY_TRAINING})
     return node_helpers.TINY_TRAINING
 
 

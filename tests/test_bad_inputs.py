@@ -44,11 +44,11 @@ def test_aliases_and_json_round_trip():
 
 
 def test_defaults_are_the_fast_loop_and_the_paper_preset_is_sdds():
-    from unlearn_core.config import PRESETS
+    from unlearn_core.config import RECIPES
 
     cfg = EraseConfig(concepts=("a",))
-    assert all(getattr(cfg, k) == v for k, v in PRESETS["fast"].items())
-    paper = cfg.replace(**PRESETS["sdd-paper"])
+    assert all(getattr(cfg, k) == v for k, v in RECIPES["fast"].items())
+    paper = cfg.replace(**RECIPES["sdd-paper"])
     assert (paper.sampling_steps, paper.batch_size, paper.trajectory_reuse,
             paper.timestep_weighting) == (50, 1, 1, "none")
 

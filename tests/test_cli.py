@@ -41,15 +41,16 @@ def test_erase_writes_a_file_with_summary(tmp_path, capsys, extra, suffix):
     assert all(k.split(".", 1)[1] in (suffix, "lora_up.weight", "alpha") for k in load_file(out))
 
 
-def test_preset_is_under_the_flags_and_booleans_take_no_value():
+@pytest.mark.parametrize("flag", ["--recipe", "--preset"])  # --preset: the former name
+def test_recipe_is_under_the_flags_and_booleans_take_no_value(flag):
     from unlearn_core.cli.common import config_from_args
 
     parser = build_parser()
     args = parser.parse_args(["erase", "--model", "m", "--output", "o.safetensors", "--concept",
-                              "a cat", "--preset", "sdd-paper", "--sampling-steps", "20",
+                              "a cat", flag, "sdd-paper", "--sampling-steps", "20",
                               "--gradient-checkpointing"])
     cfg = config_from_args(args)
-    # the preset's settings, except where a flag says otherwise
+    # the recipe's settings, except where a flag says otherwise
     assert (cfg.batch_size, cfg.trajectory_reuse, cfg.timestep_weighting) == (1, 1, "none")
     assert cfg.sampling_steps == 20 and cfg.gradient_checkpointing is True
     plain = config_from_args(parser.parse_args(["erase", "--model", "m", "--output", "o",
@@ -57,4 +58,4 @@ def test_preset_is_under_the_flags_and_booleans_take_no_value():
     assert plain.gradient_checkpointing is False and plain.sampling_steps == 10
     with pytest.raises(SystemExit):
         parser.parse_args(["erase", "--model", "m", "--output", "o", "--concept", "a",
-                           "--preset", "turbo"])
+                           flag, "turbo"])

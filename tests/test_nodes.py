@@ -121,7 +121,7 @@ def test_advanced_widget_order_is_pinned(comfy_host):
 def test_widget_defaults_are_the_config_with_the_fast_preset(comfy_host):
     config = nh.pack_module("unlearn_core.config")
     expected = {n: f.default for n, f in config.config_fields().items()}
-    expected.update(config.PRESETS["fast"])
+    expected.update(config.RECIPES["fast"])
     adv = nh.widget_defaults(comfy_host.node_classes, "UnlearnEraseConceptAdvanced")
     for name, value in adv.items():
         want = expected[name]

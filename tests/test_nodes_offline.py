@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from unlearn_testkit.pack import offline_module
 
-from unlearn_core.config import PRESETS, EraseConfig
+from unlearn_core.config import RECIPES, EraseConfig
 
 
 @pytest.mark.parametrize("kind", ["identity", "artistic style", "object", "logo", "nudity"])
@@ -15,7 +15,7 @@ def test_simple_node_config_is_defaults_fast_loop_and_the_kind(kind):
     erase = offline_module("nodes.erase")
     presets = offline_module("nodes.presets")
     got = erase.simple_config("Van Gogh", kind, "l2", 300, 7)
-    want = EraseConfig(**{**PRESETS["fast"], **presets.USE_CASES[kind],
+    want = EraseConfig(**{**RECIPES["fast"], **presets.USE_CASES[kind],
                           "concepts": ("Van Gogh",), "loss": "l2", "steps": 300, "seed": 7})
     assert got.to_dict() == want.to_dict()
     if kind == "nudity":  # the global concept: everything but cross-attention, as a LoRA

@@ -120,7 +120,7 @@ def test_flags_named_in_the_cli_section_are_erase_flags():
     erase = parser_flags()["erase"]
     spans = re.findall(r"`([^`]+)`", section("Erasing from a real SD-1.x model (CLI)"))
     used = {f for span in spans for f in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", span)}
-    used |= {"--preset"}  # "unlearn erase --preset NAME" in "The algorithm"
+    used |= {"--recipe"}  # "unlearn erase --recipe NAME" in "The algorithm"
     assert used and used <= erase, used - erase
 
 

@@ -150,9 +150,9 @@ def _check_ran(comfy_host, prompt: dict, result) -> None:
 @pytest.fixture(scope="module")
 def saved_lora(comfy_host, small_sd15_ckpt):
     """Run erase_and_save_lora.json once; the file it writes feeds load_erasure_lora.json."""
-    presets = nh.pack_module("unlearn_core.config").PRESETS
+    recipes = nh.pack_module("unlearn_core.config").RECIPES
     with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(presets, "fast", {**presets["fast"], **nh.TINY_TRAINING})
+        mp.setitem(recipes, "fast", {**recipes["fast"], **nh.TINY_TRAINING})
         workflow = ch.load_workflow(WORKFLOWS / "erase_and_save_lora.json")
         prompt = to_prompt(comfy_host, workflow, small_sd15_ckpt)
         result = comfy_host.run(prompt, fresh_cache=True)

@@ -9,7 +9,7 @@ https://arxiv.org/abs/2307.05977): AdamW lr 1e-5, weight decay 1e-4, clip 1.0, 1
 0.999, guidance 3.0. The sampling defaults are this project's faster loop, measured against SDD's
 own in BENCHMARKS.md: 10-step trajectories instead of 50, two training states per step from one
 trajectory that serves four steps, and an SNR-weighted loss. Each concept is erased alone and
-inside captions that name it (``contexts``), from its own trajectories. ``PRESETS["sdd-paper"]``
+inside captions that name it (``contexts``), from its own trajectories. ``RECIPES["sdd-paper"]``
 restores SDD's loop exactly (the bare concepts, one joint trajectory prompt).
 """
 
@@ -252,12 +252,14 @@ class EraseConfig:
         return dataclasses.replace(self, **changes)
 
 
-# Named settings. "sdd-paper" is the official SDD code's loop (fresh 50-step trajectory per step,
+# Recipes: named loop settings (``unlearn erase --recipe NAME``). "preset" is the simple node's
+# word for a kind of concept (nodes/presets.py); a recipe is never that. "sdd-paper" is the
+# official SDD code's loop (fresh 50-step trajectory per step,
 # batch 1, unweighted loss); "fast" is this project's loop, the defaults (BENCHMARKS.md: speed and
 # quality side by side).
 _FAST: dict[str, Any] = dict(sampling_steps=10, batch_size=2, trajectory_reuse=4,
                              timestep_weighting="snr", contexts=(), trajectory_from="concept")
-PRESETS: dict[str, dict[str, Any]] = {
+RECIPES: dict[str, dict[str, Any]] = {
     "sdd-paper": dict(sampling_steps=50, batch_size=1, trajectory_reuse=1, timestep_weighting="none",
                       parametrization="full", selection="xattn", target_from="student",
                       result="teacher", lr=1e-5, steps=1500, ema_decay=0.999,

@@ -8,7 +8,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..config import PRESETS, EraseConfig, config_fields
+from ..config import RECIPES, EraseConfig, config_fields
 from ..errors import ConfigError
 
 TOY_ARCH = "unlearn-toy-clip"
@@ -42,11 +42,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, skip: Sequence[str] = 
 
 def config_from_args(args: argparse.Namespace, base: dict | None = None, **overrides
                      ) -> EraseConfig:
-    """The flags given, over ``--preset``'s settings (where the parser has one), over ``base``
+    """The flags given, over ``--recipe``'s settings (where the parser has one), over ``base``
     (e.g. the toy model's settings), over defaults."""
-    preset = getattr(args, "preset", None)
+    recipe = getattr(args, "recipe", None)
     values = dict(base or {})
-    values.update(PRESETS[preset] if preset else {})
+    values.update(RECIPES[recipe] if recipe else {})
     for name in config_fields():
         v = getattr(args, name, None)
         if v is not None:

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..config import PRESETS
+from ..config import RECIPES
 from ..devices import DEVICE_HELP, resolve_device
 from ..errors import ConfigError
 from .common import add_config_arguments, config_from_args
@@ -28,7 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--svd-rank", type=int, default=0,
                    help="with --parametrization full: compress the delta into a LoRA of this rank")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    p.add_argument("--preset", choices=list(PRESETS), default=None,
+    # --preset: the flag's former name, still accepted (scripts and notes that use it keep working)
+    p.add_argument("--recipe", "--preset", dest="recipe", choices=list(RECIPES), default=None,
                    help="named settings under the flags you give: sdd-paper = the official SDD "
                         "loop (50-step trajectories, batch 1, slow); fast = the defaults; "
                         "fast-lora = the defaults with a rank-8 LoRA (less memory)")
