@@ -9,6 +9,12 @@ Training states (SDD, Kim et al. 2023): from z_T ~ N(0, I) run the first n ~ U{0
 with the EMA teacher, then label the state with a DDPM timestep drawn inside the band of the step
 reached. n = 0 means z_T itself (the official code runs the whole trajectory then; we do not).
 
+Randomness is keyed (``distributed.keyed_generator``), so that any share of a step's batch can be
+drawn alone, by one process of a data-parallel run: the trajectory's z_T by (seed, trajectory
+index); the depths of a step's states (distinct while batch <= N) by (seed, step), a permutation
+of which slot s takes element s; each state's timestep in its band by (seed, step, slot). All the
+states of one step share one trajectory, which every process that draws from it runs in full.
+
 With ``keep_uncond`` the sampler also keeps the teacher's empty-prompt prediction at every state,
 which the guided pass computes anyway: that is the SDD target for a teacher target at no extra
 UNet pass (``target_from="trajectory"``). Such states carry the sampler's own timestep t_k (the one
@@ -23,6 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from .denoiser import Denoiser
+from .distributed import keyed_generator
 
 Tensor = torch.Tensor
 
@@ -140,21 +147,25 @@ class TrainingStates:
 
 
 class TrajectorySampler:
-    """Draws SDD training states; one trajectory serves ``reuse`` consecutive draws."""
+    """Draws SDD training states; one trajectory serves ``reuse`` consecutive steps.
+
+    ``seed`` keys every draw (a ``torch.Generator`` is read for its initial seed)."""
 
     def __init__(self, denoiser: Denoiser, shape: tuple[int, int, int], cond: Tensor,
-                 uncond: Tensor, guidance: float, num_steps: int, generator: torch.Generator,
+                 uncond: Tensor, guidance: float, num_steps: int, seed: int | torch.Generator,
                  device: torch.device, dtype: torch.dtype = torch.float32, reuse: int = 1,
                  keep_uncond: bool = False, evals: EvalCounter | None = None) -> None:
         self.denoiser = denoiser
         self.shape = shape
         self.cond, self.uncond = cond, uncond
         self.guidance, self.num_steps, self.reuse = guidance, num_steps, reuse
-        self.generator, self.device, self.dtype = generator, device, dtype
+        self.seed = seed.initial_seed() if isinstance(seed, torch.Generator) else int(seed)
+        self.device, self.dtype = device, dtype
         self.keep_uncond = keep_uncond
         self.num_train = len(denoiser.alphas_cumprod)
         self.unet_evals = 0  # no-grad UNet evaluations spent on sampling (a CFG pass counts 2)
         self.evals = evals  # a counter shared with the rest of the erasure, if given
+        self._trajectory: int | None = None  # the index of the trajectory held
         self._states: dict[int, Tensor] = {}
         self._uncond: dict[int, Tensor] = {}
         self._draws = 0
@@ -163,10 +174,11 @@ class TrajectorySampler:
         """Sample later states from ``cond`` (1, L, D); the next draw starts a fresh trajectory."""
         if cond is not self.cond:
             self.cond = cond
-            self._draws = 0
+            self._trajectory = None
 
     def _sample(self, stop: int) -> None:
-        x_T = torch.randn((1, *self.shape), generator=self.generator).to(self.device, self.dtype)
+        g = keyed_generator(self.seed, "trajectory", self._trajectory)
+        x_T = torch.randn((1, *self.shape), generator=g).to(self.device, self.dtype)
         states: dict[int, Tensor] = {}
         uncond: dict[int, Tensor] = {}
         keep = (lambda k, e: uncond.__setitem__(k, e)) if self.keep_uncond else None
@@ -178,27 +190,50 @@ class TrajectorySampler:
             self.evals.nograd += spent
         self._states, self._uncond = states, uncond
 
-    def draw(self, batch: int) -> TrainingStates:
-        """``batch`` states at distinct random DDIM steps (with replacement if batch > N).
+    def depths(self, batch: int, step: int) -> list[int]:
+        """The DDIM step each slot of ``step``'s batch is taken at: distinct while batch <= N."""
+        g = keyed_generator(self.seed, "depths", step)
+        if batch <= self.num_steps:
+            return torch.randperm(self.num_steps, generator=g)[:batch].tolist()
+        return torch.randint(0, self.num_steps, (batch,), generator=g).tolist()
+
+    def draw(self, batch: int, step: int | None = None, slots: range | None = None
+             ) -> TrainingStates:
+        """The states of ``slots`` (default: all) of step ``step``'s batch of ``batch`` states at
+        distinct random DDIM steps (with replacement if batch > N). ``step`` defaults to the
+        number of draws so far.
 
         Call under the weights that should sample (the EMA teacher); no gradient is kept.
         """
-        g = self.generator
-        if batch <= self.num_steps:
-            idx = torch.randperm(self.num_steps, generator=g)[:batch].tolist()
-        else:
-            idx = torch.randint(0, self.num_steps, (batch,), generator=g).tolist()
-        if self._draws % self.reuse == 0:
-            # A trajectory that serves later draws too is run as far as any draw can need; a
-            # single-use one only as far as this draw needs (on average half the steps). Kept
+        step = self._draws if step is None else step
+        slots = range(batch) if slots is None else slots
+        every = self.depths(batch, step)
+        idx = [every[s] for s in slots]
+        if self._trajectory != step // self.reuse:
+            # A trajectory that serves later steps too is run as far as any draw can need; a
+            # single-use one only as far as these states need (on average half the steps). Kept
             # predictions are made *at* a state, so they need one step more than the state.
+            self._trajectory = step // self.reuse
             last = self.num_steps - 1 if self.reuse > 1 else max(idx)
             self._sample(last + 1 if self.keep_uncond else last)
-        self._draws += 1
+        self._draws = step + 1
         xs = torch.cat([self._states[k] for k in idx])
         if self.keep_uncond:
             ts = ddim_timesteps(self.num_steps, self.num_train)[idx]
             eps_u = torch.cat([self._uncond[k] for k in idx])
             return TrainingStates(x=xs, t=ts.to(self.device), uncond=eps_u)
-        ts = torch.tensor([band_timestep(k, self.num_steps, self.num_train, g) for k in idx])
+        ts = torch.tensor([band_timestep(k, self.num_steps, self.num_train,
+                                         keyed_generator(self.seed, "timestep", step, s))
+                           for k, s in zip(idx, slots)])
         return TrainingStates(x=xs, t=ts.to(self.device))
+
+    def state_dict(self) -> dict:
+        """The trajectory held (for a checkpoint: a resumed run continues on it)."""
+        return {"trajectory": -1 if self._trajectory is None else self._trajectory,
+                "states": {str(k): v.cpu() for k, v in self._states.items()},
+                "uncond": {str(k): v.cpu() for k, v in self._uncond.items()}}
+
+    def load_state_dict(self, data: dict) -> None:
+        self._trajectory = None if data["trajectory"] < 0 else int(data["trajectory"])
+        self._states = {int(k): v.to(self.device) for k, v in data["states"].items()}
+        self._uncond = {int(k): v.to(self.device) for k, v in data["uncond"].items()}

@@ -14,6 +14,10 @@ step counter, the loss history, the evaluation counts) and ``step``, which runs 
   4. optional retain term (student vs. base on a retain prompt) and robust term (``robust.py``);
   5. AdamW step with grad-norm clip; EMA update of the teacher's shadow.
 The trainer holds no global state: device and randomness come from the model and the config.
+Every random draw is keyed by (seed, step, slot, purpose), so a data-parallel run (``Parallel``:
+each process handles a share of the batch's slots, ``distributed.py``) gives the single process's
+result; ``resume.py`` writes and reads the ``TrainState`` of a run, which continues to the same
+result.
 """
 
 from __future__ import annotations
@@ -31,17 +35,19 @@ from .conditioning import Conditioning
 from .config import EraseConfig
 from .delta import DeltaSet
 from .denoiser import Denoiser, module_device, module_dtype
+from .distributed import Parallel, key_seed, keyed_generator
 from .errors import Cancelled, ConfigError, TrainingError
 from .losses import LOSSES, StepLoss, TimestepCoefficients, build_loss, timestep_coefficients
 from .objectives import esd_target, sdd_target
 from .result import EraseResult, base_metadata, weights_hash
+from .resume import CheckpointPlan, load_checkpoint, save_checkpoint
 from .sampling import EvalCounter, TrainingStates, TrajectorySampler
 from .selection import select_layers
 
 Tensor = torch.Tensor
 
 __all__ = ["StepInfo", "Callback", "TrainState", "erase", "train", "step", "build_loss",
-           "check_rank", "make_optimizer"]
+           "check_rank", "make_optimizer", "Parallel"]
 
 
 @dataclass(frozen=True)
@@ -83,11 +89,14 @@ def make_optimizer(params: list[Tensor], config: EraseConfig) -> torch.optim.Opt
 
 
 def erase(denoiser: Denoiser, conditioning: Conditioning, config: EraseConfig,
-          callback: Callback | None = None) -> EraseResult:
+          callback: Callback | None = None, *, parallel: Parallel | None = None,
+          checkpoint: CheckpointPlan | None = None) -> EraseResult:
     """Erase ``config.concepts`` from ``denoiser``; returns the weight changes (never writes weights).
 
     ``conditioning`` holds the embeddings of the concepts (in the order of ``config.concepts``),
-    the empty prompt, the trajectory prompt and any retain prompts.
+    the empty prompt, the trajectory prompt and any retain prompts. ``parallel``: this process's
+    share of a data-parallel run; ``checkpoint``: where to write (and resume from) the training
+    state. UCE (closed form) uses neither.
     """
     # Shapes, widths and values of the embeddings, before anything is selected or cloned.
     conditioning.check(getattr(denoiser, "context_dim", None))
@@ -95,7 +104,8 @@ def erase(denoiser: Denoiser, conditioning: Conditioning, config: EraseConfig,
         from .uce import uce_erase
 
         return uce_erase(denoiser, conditioning, config)
-    return train(denoiser, conditioning, config, callback)
+    return train(denoiser, conditioning, config, callback, parallel=parallel,
+                 checkpoint=checkpoint)
 
 
 @dataclass
@@ -110,12 +120,15 @@ class Run:
     tasks: list[list[tuple[Tensor, Tensor]]]
     held: list[Tensor]  # retain prompts (empty when retain_weight is 0)
     loss: StepLoss
+    loss_generator: torch.Generator  # re-seeded every step: the sliced Cramér-Wold directions
     coefficients: TimestepCoefficients
     sampler: TrajectorySampler
     robust: object | None  # robust.AdversarialTerm
     kept_target: bool  # the SDD target is the teacher's prediction kept from sampling
     layers: dict[str, torch.nn.Module]
     base_hash: str
+    parallel: Parallel
+    slots: range  # the slots of every step's batch this process handles
 
 
 @dataclass
@@ -126,12 +139,9 @@ class TrainState:
     deltas: DeltaSet
     teacher: list[Tensor]
     optimizer: torch.optim.Optimizer
-    generators: dict[str, torch.Generator]
-    evals: EvalCounter
+    evals: EvalCounter  # this process's UNet evaluations
     step: int = 0  # steps done
-    history: list[float] = field(default_factory=list)
-    # the pair being trained: its prompt, its anchor, and the concept's index
-    pair: tuple[Tensor, Tensor, int] | None = None
+    history: list[float] = field(default_factory=list)  # the loss of the whole batch, per step
 
 
 def check_inputs(conditioning: Conditioning, config: EraseConfig) -> None:
@@ -144,31 +154,29 @@ def check_inputs(conditioning: Conditioning, config: EraseConfig) -> None:
                           "encode the retain prompts or set retain_weight to 0")
 
 
-def prepare(denoiser: Denoiser, conditioning: Conditioning, config: EraseConfig
-            ) -> tuple[Run, TrainState]:
+def prepare(denoiser: Denoiser, conditioning: Conditioning, config: EraseConfig,
+            parallel: Parallel | None = None) -> tuple[Run, TrainState]:
     """Everything one erasure needs before its first step; nothing is attached to the model yet."""
     check_inputs(conditioning, config)
+    parallel = parallel or Parallel()
+    slots = parallel.slots(config.batch_size)
     module = denoiser.module
     device, dtype = module_device(module), module_dtype(module)
     layers = select_layers(module, config.selection)
     check_rank(config, layers)
     cond = conditioning.to(device, dtype)
     cond.check(getattr(denoiser, "context_dim", None))
-    generators = {name: torch.Generator().manual_seed(config.seed + offset)
-                  for offset, name in enumerate(("sampling", "loss", "tasks"))}
     evals = EvalCounter()
     deltas = DeltaSet(layers, config.parametrization, config.lora_rank, config.lora_alpha,
-                      generators["sampling"], device)
+                      keyed_generator(config.seed, "init"), device)
     state = TrainState(deltas=deltas, teacher=[p.detach().clone() for p in deltas.parameters()],
-                       optimizer=make_optimizer(list(deltas.parameters()), config),
-                       generators=generators, evals=evals,
-                       pair=(cond.concepts[0], cond.empty, 0))
+                       optimizer=make_optimizer(list(deltas.parameters()), config), evals=evals)
     shape = (getattr(denoiser, "in_channels", 4), config.resolution, config.resolution)
     # The teacher's empty-prompt prediction is computed by every guided sampling pass anyway.
     kept = config.objective == "sdd" and config.target_from == "trajectory"
     sampler = TrajectorySampler(
         denoiser, shape, cond.trajectory if cond.trajectory is not None else cond.concepts[0],
-        cond.empty, config.guidance, config.sampling_steps, generators["sampling"], device, dtype,
+        cond.empty, config.guidance, config.sampling_steps, config.seed, device, dtype,
         config.trajectory_reuse, keep_uncond=kept, evals=evals)
     robust = None
     if config.robust == "adversarial":  # the inner attack and its term live in robust.py
@@ -179,29 +187,29 @@ def prepare(denoiser: Denoiser, conditioning: Conditioning, config: EraseConfig
              for i, c in enumerate(cond.concepts)]
     run = Run(denoiser=denoiser, config=config, cond=cond, tasks=tasks,
               held=list(cond.retain) if config.retain_weight > 0 else [],
-              loss=build_loss(config, generators["loss"]),
+              loss=build_loss(config, loss_generator := torch.Generator()),
+              loss_generator=loss_generator,
               coefficients=timestep_coefficients(denoiser.alphas_cumprod), sampler=sampler,
               robust=robust, kept_target=kept, layers=layers,
-              base_hash=weights_hash(module, layers))
+              base_hash=weights_hash(module, layers), parallel=parallel, slots=slots)
     return run, state
 
 
-def choose_pair(run: Run, state: TrainState) -> tuple[Tensor, Tensor, int]:
-    """The (prompt, anchor, concept index) this step trains."""
-    cfg, n = run.config, state.step
+def choose_pair(run: Run, n: int) -> tuple[Tensor, Tensor, int]:
+    """The (prompt, anchor, concept index) step ``n`` trains: a function of the step alone."""
+    cfg = run.config
     if cfg.trajectory_from == "joint":
         # SDD: one joint trajectory prompt; the concepts are taken in turn, step by step
         i = n % len(run.cond.concepts)
         return run.cond.concepts[i], run.cond.empty, i
-    if n % cfg.trajectory_reuse == 0:
-        # each trajectory from the prompt it trains, the concepts in turn; the pair (the bare
-        # concept or one of its contexts) drawn at random
-        i = (n // cfg.trajectory_reuse) % len(run.tasks)
-        pairs = run.tasks[i]
-        j = int(torch.randint(len(pairs), (), generator=state.generators["tasks"]))
-        run.sampler.set_prompt(pairs[j][0])
-        return pairs[j][0], pairs[j][1], i
-    return state.pair
+    # each trajectory from the prompt it trains, the concepts in turn; the pair (the bare concept
+    # or one of its contexts) drawn at random, once per trajectory
+    trajectory = n // cfg.trajectory_reuse
+    i = trajectory % len(run.tasks)
+    pairs = run.tasks[i]
+    j = int(torch.randint(len(pairs), (), generator=keyed_generator(cfg.seed, "pair", trajectory)))
+    run.sampler.set_prompt(pairs[j][0])
+    return pairs[j][0], pairs[j][1], i
 
 
 @torch.no_grad()
@@ -236,30 +244,36 @@ def retain_term(run: Run, state: TrainState, x_t: Tensor, t: Tensor) -> Tensor |
 
 
 def step(run: Run, state: TrainState) -> float:
-    """One training step (see the module docstring); returns its loss (without the retain and
-    robust terms)."""
-    cfg, deltas = run.config, state.deltas
-    prompt, anchor, concept = state.pair = choose_pair(run, state)
+    """One training step (see the module docstring) on this process's slots of the batch; returns
+    the whole batch's loss (without the retain and robust terms)."""
+    cfg, deltas, par = run.config, state.deltas, run.parallel
+    prompt, anchor, concept = choose_pair(run, state.step)
+    run.loss_generator.manual_seed(key_seed(cfg.seed, "loss", state.step))
     with torch.no_grad(), deltas.swapped(state.teacher):  # the EMA teacher samples
-        states = run.sampler.draw(cfg.batch_size)
-    x_t, t = states.x, states.t  # (B, C, H, W), (B,)
+        states = run.sampler.draw(cfg.batch_size, state.step, run.slots)
+    x_t, t = states.x, states.t  # this process's slots: (b, C, H, W), (b,)
     eps_target = target(run, state, states, prompt, anchor)
     # The student's weights enter here, unseen: DeltaSet's forward hooks (attached by `train`)
     # add each trained delta to its layer's output, so this plain UNet call is the student's.
     eps_student = run.denoiser(x_t, t, prompt.expand(x_t.shape[0], -1, -1))
     state.evals.grad += x_t.shape[0]
-    loss = run.loss(eps_student, eps_target, t, run.coefficients)
-    total = loss + retain_term(run, state, x_t, t)
-    if run.robust is not None:
-        total = total + run.robust.term(state.step, concept)
-    # .item() waits for the device: the loss must be known finite before AdamW writes it into
-    # the weights (and the history keeps plain floats); one sync per step, next to a full
-    # forward and backward pass, costs little.
-    if not math.isfinite(value := total.item()):
-        raise TrainingError(f"the loss became {value} at step {state.step + 1} of {cfg.steps}; "
-                            "nothing was written. Fix: lower lr, or use the l2 loss.")
+    # the loss of the whole batch, on every process (gather: identity on one process)
+    loss = run.loss(par.gather(eps_student), par.gather(eps_target), par.gather(t),
+                    run.coefficients)
+    extra = retain_term(run, state, x_t, t)  # the mean over this process's slots
+    if run.robust is not None:  # computed whole by every process
+        extra = extra + run.robust.term(state.step, concept)
+    # summed over the processes below, each process's share of the mean terms is 1/world
+    total = loss + (extra / par.world_size if par.active else extra)
+    # .item() waits for the device: the loss must be known finite (on every process: the sum)
+    # before AdamW writes it into the weights, and the history keeps plain floats; one sync per
+    # step, next to a full forward and backward pass, costs little.
+    if not math.isfinite(par.sum(total).item()):
+        raise TrainingError(f"the loss became {total.item()} at step {state.step + 1} of "
+                            f"{cfg.steps}; nothing was written. Fix: lower lr, or use the l2 loss.")
     state.optimizer.zero_grad(set_to_none=True)
     total.backward()
+    par.reduce_gradients(list(deltas.parameters()))  # the same gradient on every process
     if cfg.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(deltas.parameters(), cfg.grad_clip)
     state.optimizer.step()
@@ -267,7 +281,7 @@ def step(run: Run, state: TrainState) -> float:
         for shadow, p in zip(state.teacher, deltas.parameters()):
             shadow.lerp_(p.detach(), 1.0 - cfg.ema_decay)
     state.step += 1
-    state.history.append(float(loss.item()))
+    state.history.append(float(loss.item()))  # the same on every process: no all-reduce needed
     return state.history[-1]
 
 
@@ -296,13 +310,19 @@ def training(run: Run, state: TrainState) -> Iterator[None]:
 
 
 def train(denoiser: Denoiser, conditioning: Conditioning, config: EraseConfig,
-          callback: Callback | None = None) -> EraseResult:
-    """The training methods (sdd, esd): ``config.steps`` steps, the callback after each."""
-    run, state = prepare(denoiser, conditioning, config)
+          callback: Callback | None = None, *, parallel: Parallel | None = None,
+          checkpoint: CheckpointPlan | None = None) -> EraseResult:
+    """The training methods (sdd, esd): ``config.steps`` steps, the callback after each; with
+    ``checkpoint``, the state is read back first (``resume``) and written every ``every`` steps."""
+    run, state = prepare(denoiser, conditioning, config, parallel)
+    if checkpoint is not None and checkpoint.resume:
+        load_checkpoint(checkpoint.path, run, state)
     start = time.perf_counter()
     with training(run, state):
         while state.step < config.steps:
             loss = step(run, state)
+            if checkpoint is not None and checkpoint.due(state.step, config.steps):
+                save_checkpoint(checkpoint.path, run, state)
             if callback is not None and callback(StepInfo(
                     state.step, config.steps, loss, config.lr, time.perf_counter() - start,
                     state.evals.total, state.evals.adversarial)):
@@ -317,10 +337,15 @@ def export(run: Run, state: TrainState, seconds: float) -> EraseResult:
     with deltas.swapped(state.teacher) if config.result == "teacher" else contextlib.nullcontext():
         exported = deltas.export()
     canonical = {run.denoiser.canonical_name(n): d for n, d in exported.items()}
+    # every process's evaluations (a data-parallel run's processes each sample the trajectory)
+    nograd, grad, _ = run.parallel.sum(torch.tensor(
+        [state.evals.nograd, state.evals.grad, state.evals.adversarial], dtype=torch.float64)
+    ).long().tolist()
     meta = base_metadata(config, run.base_hash, {
         "seconds": round(seconds, 3),
-        "unet_evals_nograd": state.evals.nograd,
-        "unet_evals_grad": state.evals.grad,
+        "unet_evals_nograd": nograd,
+        "unet_evals_grad": grad,
+        **({"world_size": run.parallel.world_size} if run.parallel.active else {}),
         "layers": len(canonical),
         "context_prompts": sum(len(pairs) - 1 for pairs in run.tasks),
         "trained_parameters": sum(p.numel() for p in deltas.parameters()),

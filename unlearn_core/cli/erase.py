@@ -13,6 +13,7 @@ from ..config import RECIPES
 from ..devices import DEVICE_HELP, resolve_device
 from ..errors import ConfigError
 from .common import add_config_arguments, config_from_args
+from .run_options import add_run_arguments, plan_run
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,6 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="named settings under the flags you give: sdd-paper = the official SDD "
                         "loop (50-step trajectories, batch 1, slow); fast = the defaults; "
                         "fast-lora = the defaults with a rank-8 LoRA (less memory)")
+    add_run_arguments(p)
     add_config_arguments(p)
 
 
@@ -83,6 +85,7 @@ def run_erase_toy(args: argparse.Namespace) -> int:
     for concept in config.concepts:
         axis_of(concept)  # a toy-world word, or a ConfigError naming the vocabulary
     out = check_output_path(args.output, args.overwrite, "--output")
+    plan = plan_run(args, config, out)
     from ..toyworld import load_toy_model
     from ..toyworld.erasure import erase_toy
 
@@ -90,15 +93,18 @@ def run_erase_toy(args: argparse.Namespace) -> int:
     model = load_toy_model()
     set_threads(0, parameter_count(model.unet, model.text_encoder))
     bar = tqdm(total=config.steps, desc="erasing (toy)", unit="step",
-               disable=config.method == "uce")
+               disable=config.method == "uce" or not plan.is_main)
     def progress(info) -> None:  # returns None: a true value would cancel the run
         bar.update(1)
 
     try:
-        result = erase_toy(model, config, callback=progress)
+        result = erase_toy(model, config, callback=progress, **plan.erase_options())
     finally:
         bar.close()
-    out = save_erasure(out, result.deltas, dict(result.metadata), overwrite=args.overwrite)
+    out = plan.publish(lambda: save_erasure(out, result.deltas, dict(result.metadata),
+                                            overwrite=args.overwrite))
+    if out is None:  # not the first process of a data-parallel run: it writes
+        return 0
     print(f"done: {config.method} on the toy model, {time.perf_counter() - start:.1f} s, "
           f"wrote {out}")
     return 0
@@ -129,22 +135,24 @@ def run_erase_sd1(args: argparse.Namespace) -> int:
     check_sd1_folder(args.model)
     check_config_prompts(config, token_counter(load_tokenizer(args.model)))
     check_training_layers(args.model, config)
+    plan = plan_run(args, config, out, device)
     start = time.perf_counter()
     pipe = SD1Pipeline(args.model, device=device)
     cond = encode_conditioning(pipe.encode, config, pipe.last_token, pipe.count_tokens)
-    bar = tqdm(total=config.steps, desc="erasing", unit="step", disable=config.method == "uce")
+    bar = tqdm(total=config.steps, desc="erasing", unit="step",
+               disable=config.method == "uce" or not plan.is_main)
 
     def progress(info) -> None:
         bar.update(1)
         bar.set_postfix(loss=f"{info.loss:.3g}")
 
     try:
-        result = erase(pipe.denoiser, cond, config, callback=progress)
+        result = erase(pipe.denoiser, cond, config, callback=progress, **plan.erase_options())
     finally:
         bar.close()
     deltas = result.deltas
     meta = dict(result.metadata)
-    if args.svd_rank and config.parametrization == "full":
+    if args.svd_rank and config.parametrization == "full" and plan.is_main:
         deltas, errors = compress_deltas(deltas, args.svd_rank)
         svd_meta, note = svd_metadata(args.svd_rank, deltas, errors)
         meta.update(svd_meta)
@@ -152,17 +160,22 @@ def run_erase_sd1(args: argparse.Namespace) -> int:
               f"{svd_meta['svd_max_relative_error']:.3g}")
         if note:
             print(f"note: {note}", file=sys.stderr)
-    try:
-        out = save_erasure(out, deltas, meta, overwrite=args.overwrite)
-    except OutputExistsError:  # the name was taken during the run: keep the work beside it
-        taken = out
-        out = save_erasure_beside(taken, deltas, meta)
-        print(f"unlearn erase: warning: --output {taken} was created by something else while "
-              f"this run was working; it was left as it is and the erasure was written to {out}",
-              file=sys.stderr)
+    def write() -> Path:
+        try:
+            return save_erasure(out, deltas, meta, overwrite=args.overwrite)
+        except OutputExistsError:  # the name was taken during the run: keep the work beside it
+            beside = save_erasure_beside(out, deltas, meta)
+            print(f"unlearn erase: warning: --output {out} was created by something else while "
+                  f"this run was working; it was left as it is and the erasure was written to "
+                  f"{beside}", file=sys.stderr)
+            return beside
+
+    written = plan.publish(write)
+    if written is None:  # not the first process of a data-parallel run: it writes
+        return 0
     if result.loss_history:
         what = f"{config.steps} steps, final loss {result.loss_history[-1]:.4g}"
     else:
         what = f"closed-form UCE edit, condition number {result.metadata['condition_number']:.3g}"
-    print(f"done: {what}, {time.perf_counter() - start:.1f} s, wrote {out}")
+    print(f"done: {what}, {time.perf_counter() - start:.1f} s, wrote {written}")
     return 0

@@ -30,16 +30,16 @@ def toy_denoiser(model: ToyModel) -> DiffusersDenoiser:
     return DiffusersDenoiser(model.unet, model.alphas_cumprod)
 
 
-def erase_toy(model: ToyModel, config: EraseConfig, callback: Callback | None = None
-              ) -> EraseResult:
+def erase_toy(model: ToyModel, config: EraseConfig, callback: Callback | None = None,
+              **options: Any) -> EraseResult:
     """Erase ``config.concepts`` from the toy model (weights untouched; the result holds deltas).
 
     Unless the config names its own contexts, each concept is erased inside every caption of the
     toy grammar that names it, towards the caption without any erased concept
-    (``phrasings.context_pairs``)."""
+    (``phrasings.context_pairs``). ``options`` go to ``erase`` (``parallel``, ``checkpoint``)."""
     from .phrasings import context_pairs
 
     cond = encode_conditioning(
         model.encode, config, last_token_fn(model),
         context_pairs=lambda concept: context_pairs(concept, erased=config.concepts))
-    return erase(toy_denoiser(model), cond, config, callback)
+    return erase(toy_denoiser(model), cond, config, callback, **options)

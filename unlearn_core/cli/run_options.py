@@ -1,0 +1,86 @@
+"""How ``unlearn erase`` runs, not what it computes: data-parallel under ``torchrun``, and
+checkpoints (``--checkpoint-every``, ``--resume``). None of these change the result, so they are
+flags of the command, not ``EraseConfig`` fields.
+
+Under ``torchrun`` (WORLD_SIZE > 1) every process runs the same command on its share of each
+step's batch (``unlearn_core.distributed``); the first process alone prints progress and writes
+the file, once every process has reported success; the others end with exit code 0 and write
+nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import EraseConfig
+from ..errors import ConfigError
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint-every", type=int, default=0, metavar="K",
+                   help="write the training state to OUTPUT.ckpt every K steps (0 = never); "
+                        "deleted once the erasure file is written")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUTPUT.ckpt if it exists (it must come from the same "
+                        "settings and base model), else start afresh")
+
+
+@dataclass
+class RunPlan:
+    parallel: object  # distributed.Parallel
+    checkpoint: object  # resume.CheckpointPlan
+
+    @property
+    def is_main(self) -> bool:
+        return self.parallel.is_main
+
+    def erase_options(self) -> dict:
+        return {"parallel": self.parallel, "checkpoint": self.checkpoint}
+
+    def publish(self, write: Callable[[], Path]) -> Path | None:
+        """Once every process succeeded, the first writes (``write``) and removes the
+        checkpoint; returns the file written (None on the other processes)."""
+        from ..distributed import RankFailure, shutdown
+
+        try:
+            if not self.parallel.all_succeeded(True):
+                raise RankFailure("another process of this run failed; nothing was written")
+            if not self.is_main:
+                return None
+            out = write()
+            self.checkpoint.path.unlink(missing_ok=True)
+            return out
+        finally:
+            shutdown()
+
+
+def world_size() -> int:
+    raw = os.environ.get("WORLD_SIZE", "1").strip() or "1"
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError("WORLD_SIZE", raw, "must be a whole number of processes",
+                          "start the command with torchrun, or unset WORLD_SIZE")
+    return int(raw)
+
+
+def plan_run(args: argparse.Namespace, config: EraseConfig, out: Path, device=None) -> RunPlan:
+    """Check the run options against the config and the files there (cheap), then join the
+    data-parallel run if there is one."""
+    from ..distributed import Parallel, from_environment
+    from ..resume import CheckpointPlan, check_plan, check_resumable, checkpoint_path
+
+    plan = CheckpointPlan(checkpoint_path(out), args.checkpoint_every, args.resume)
+    check_plan(config, plan)
+    if config.method == "train":
+        Parallel(world_size(), 0).slots(config.batch_size)  # batch_size splits evenly
+    if plan.path.exists():
+        if plan.resume:
+            check_resumable(plan.path, config)
+        elif not args.overwrite:
+            raise ConfigError("--output", str(out), f"a checkpoint of an earlier run of it "
+                              f"exists ({plan.path})", "add --resume to continue that run, or "
+                              "--overwrite to start afresh (the checkpoint is replaced)")
+    return RunPlan(parallel=from_environment(device), checkpoint=plan)
