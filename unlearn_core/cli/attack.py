@@ -27,7 +27,15 @@ from ..attacks.config import KINDS, AttackConfig
 from ..devices import DEVICE_HELP, check_device, resolve_device
 from ..errors import ConfigError
 from ..threads import THREADS_HELP, check_threads
-from .common import SDWorld, add_clip_arguments, check_sources, load_clip_from_args, load_erasure_file
+from .common import (
+    SDWorld,
+    add_clip_arguments,
+    check_sources,
+    erase_in_world,
+    load_clip_from_args,
+    load_erasure_file,
+    with_progress,
+)
 
 TOY_DEFAULTS = "toy world: guidance 3, 10 sampling steps, 16 seeds and targets, batch 8"
 
@@ -91,14 +99,50 @@ def _target_latents(paths, world, toy: bool):
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from ..attacks.core import attack
     from ..threads import parameter_count, set_threads
 
+    toy = args.model is None
+    config = _checked_config(args, toy)
+    device = resolve_device(args.device)
+    if args.output:
+        Path(args.output).mkdir(parents=True, exist_ok=True)
+
+    if toy:
+        from ..toyworld.world import load_toy_world
+
+        world = load_toy_world()
+    else:
+        world = SDWorld(args.model, device, args.resolution)
+    denoiser = world.denoiser
+    set_threads(args.threads, parameter_count(denoiser.module))
+
+    if args.erasure is not None:
+        erased = load_erasure_file(args.erasure, denoiser)
+    elif args.method == "none":
+        erased = denoiser
+    else:
+        settings = {"steps": args.erase_steps} if args.erase_steps else {}
+        if args.robust != "none":
+            settings["robust"] = args.robust
+        erased = erase_in_world(world, config.concept.split()[-1], args.method,
+                                label=config.concept, **settings)
+    scorer = _scorer(args, toy, config.concept, device)
+    targets = _target_latents(args.images, world, toy) if args.images else None
+    emb = world.encode([config.concept, ""])
+    result = with_progress(config.kind, lambda progress: attack(
+        denoiser, erased, emb[:1], emb[1:], scorer, config, world.decode, world.latent_shape,
+        targets=targets, on_progress=progress))
+    print(result.summary())
+    if args.output:
+        _write(result, config, Path(args.output))
+    return 0
+
+
+def _checked_config(args: argparse.Namespace, toy: bool) -> AttackConfig:
+    """The attack's config and every check of the flags, before anything loads."""
     check_threads(args.threads)
     check_device(args.device)
-    toy = args.model is None
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(AttackConfig)
               if f.name not in ("concept", "kind") and hasattr(args, f.name)}
     if toy:
@@ -124,72 +168,32 @@ def run(args: argparse.Namespace) -> int:
         if missing or not files:
             raise ConfigError("--images", missing[:3] or args.images, "no such image files",
                               "give image files or folders that hold images")
-    device = resolve_device(args.device)
-    if args.output:
-        Path(args.output).mkdir(parents=True, exist_ok=True)
+    return config
 
-    if toy:
-        from ..toyworld.world import load_toy_world
 
-        world = load_toy_world()
-    else:
-        world = SDWorld(args.model, device, args.resolution)
-    denoiser = world.denoiser
-    set_threads(args.threads, parameter_count(denoiser.module))
-
-    if args.erasure is not None:
-        erased = load_erasure_file(args.erasure, denoiser)
-    elif args.method == "none":
-        erased = denoiser
-    else:
-        settings = {"steps": args.erase_steps} if args.erase_steps else {}
-        if args.robust != "none":
-            settings["robust"] = args.robust
-        with tqdm(desc=f"erasing {config.concept!r} ({args.method})", unit="step",
-                  disable=args.method == "uce") as ebar:
-            def step(info) -> None:  # returns None: a truthy return would cancel the trainer
-                ebar.update(1)
-
-            word = config.concept.split()[-1]
-            erased = world.erase(word, args.method, callback=step, **settings)
-
+def _scorer(args: argparse.Namespace, toy: bool, concept: str, device: str):
+    """CLIP score on SD-1.x or with --scorer clip; else the toy judges' confidence."""
     if args.scorer == "clip" or not toy:
         from ..metrics.scorers import ClipScorer
 
-        scorer = ClipScorer(load_clip_from_args(args, device), args.template)
-    else:
-        from ..toyworld.world import toy_judge_scorer
+        return ClipScorer(load_clip_from_args(args, device), args.template)
+    from ..toyworld.world import toy_judge_scorer
 
-        scorer = toy_judge_scorer()
-        if not scorer.understands(config.concept):
-            raise ConfigError("--concept", config.concept, "the toy judges know shapes, colours "
-                              "and textures, and the concept names none",
-                              "name one, or use --scorer clip with a --threshold on CLIP scores")
-    targets = _target_latents(args.images, world, toy) if args.images else None
-    emb = world.encode([config.concept, ""])
-    bar = tqdm(total=1, desc=config.kind, unit="step")
+    scorer = toy_judge_scorer()
+    if not scorer.understands(concept):
+        raise ConfigError("--concept", concept, "the toy judges know shapes, colours "
+                          "and textures, and the concept names none",
+                          "name one, or use --scorer clip with a --threshold on CLIP scores")
+    return scorer
 
-    def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
 
-    try:
-        result = attack(denoiser, erased, emb[:1], emb[1:], scorer, config, world.decode,
-                        world.latent_shape, targets=targets, on_progress=progress)
-    finally:
-        bar.close()
-    print(result.summary())
-    if args.output:
-        from ..metrics.images import labelled_grid, save_png
+def _write(result, config: AttackConfig, out: Path) -> None:
+    from ..metrics.images import labelled_grid, save_png
 
-        out = Path(args.output)
-        grid = labelled_grid([(f"{config.kind}: {config.concept}", result.images[None])],
-                             [f"ASR {result.asr:.2f}"],
-                             [f"#{i}" for i in range(result.images.shape[0])])
-        save_png(grid, out / "attack_images.png")
-        (out / "attack.json").write_text(json.dumps(result.to_dict(), indent=2))
-        (out / "attack.md").write_text(result.summary() + "\n\n![images](attack_images.png)\n")
-        print(f"wrote {out}/attack_images.png, attack.json, attack.md", file=sys.stderr)
-    return 0
-
+    grid = labelled_grid([(f"{config.kind}: {config.concept}", result.images[None])],
+                         [f"ASR {result.asr:.2f}"],
+                         [f"#{i}" for i in range(result.images.shape[0])])
+    save_png(grid, out / "attack_images.png")
+    (out / "attack.json").write_text(json.dumps(result.to_dict(), indent=2))
+    (out / "attack.md").write_text(result.summary() + "\n\n![images](attack_images.png)\n")
+    print(f"wrote {out}/attack_images.png, attack.json, attack.md", file=sys.stderr)

@@ -172,3 +172,36 @@ class SDWorld:
         with self._torch.no_grad():
             x = signed_from_unit(images).to(self.vae.device, self.vae.dtype)
             return self.vae.encode(x).latent_dist.mean.float().cpu() * SD_VAE_SCALE
+
+
+def erase_in_world(world, concept: str, method: str, label: str | None = None, **settings):
+    """The toy world's own erasure of ``concept`` (``probe`` and ``attack`` without
+    ``--erasure``), with a progress bar (named after ``label``, default the concept) while it
+    trains."""
+    from tqdm import tqdm
+
+    with tqdm(desc=f"erasing {label or concept!r} ({method})", unit="step",
+              disable=method == "uce") as bar:
+
+        def step(info) -> None:  # returns None: a truthy return would cancel the trainer
+            bar.update(1)
+
+        return world.erase(concept, method, callback=step, **settings)
+
+
+def with_progress(desc: str, work):
+    """``work(on_progress)`` under a progress bar that ``on_progress(done, total)`` moves."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=1, desc=desc, unit="step")
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    try:
+        return work(progress)
+    finally:
+        bar.close()
+

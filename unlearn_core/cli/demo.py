@@ -194,9 +194,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ..threads import parameter_count, set_threads
     from ..toyworld import load_judges, load_toy_model
-    from ..toyworld.erasure import erase_toy, toy_config, toy_denoiser
+    from ..toyworld.erasure import erase_toy, toy_denoiser
     from ..toyworld.evaluate import (
-        concept_axis,
         evaluate,
         retention_ratio,
         split_prompts,
@@ -204,19 +203,7 @@ def run(args: argparse.Namespace) -> int:
         uncond_rate,
     )
 
-    concept_axis(args.concept)  # cheap checks first
-    check_threads(args.threads)
-    config = toy_config([args.concept], loss=args.loss, objective=args.objective,
-                        method=args.method, steps=args.steps, seed=args.seed,
-                        **({"batch_size": max(2, TOY_SETTINGS["batch_size"])}
-                           if args.loss == "cramer_wold" else {}))
-    out: Path = args.out
-    targets = [out / "grid.png", out / "summary.json"]
-    if any(t.exists() for t in targets) and not args.overwrite:
-        raise OutputExistsError(f"--out = {str(out)!r} already holds a demo result. Fix: pass "
-                                "--overwrite, or choose another --out.")
-    if out.exists() and not out.is_dir():
-        raise ConfigError("--out", str(out), "is a file", "give a folder")
+    config, out, targets = _checked(args)
     start = time.perf_counter()
     model, judges = load_toy_model(verify=True), load_judges(verify=True)
     threads = set_threads(args.threads, parameter_count(model.unet, model.text_encoder))
@@ -278,9 +265,53 @@ def run(args: argparse.Namespace) -> int:
         "final_loss": result.loss_history[-1] if result.loss_history else None,
         "config": config.to_dict(),
     }
-    out.mkdir(parents=True, exist_ok=True)
+    _write(out, targets, grid, summary)
+    _print_results(summary, config, seconds, scoring_seconds, targets)
+    return 0
+
+
+def _print_results(summary: dict, config, seconds: float, scoring_seconds: float,
+                   targets: list[Path]) -> None:
+    s = summary
+    returned = "EMA teacher" if config.method == "train" and config.result == "teacher" else config.method
+    print(f"erasure returned ({returned}): efficacy (still judged {s['concept']!r}) "
+          f"{s['efficacy_before']:.2f} -> {s['efficacy']:.2f}  (unconditional floor "
+          f"{s['uncond_rate']:.2f})")
+    print(f"retention (accuracy on other prompts, relative): {s['retention']:.3f}  "
+          f"per axis after {s['retention_accuracy']}")
+    print(f"CLIP score erased prompts {s['clip_erased']['before']:.1f} -> "
+          f"{s['clip_erased']['after']:.1f}, retained prompts {s['clip_retained']['before']:.1f} "
+          f"-> {s['clip_retained']['after']:.1f}")
+    print(f"{seconds:.1f} s in all ({s['train_seconds']:.1f} s training, {scoring_seconds:.1f} s "
+          f"scoring while training); wrote {targets[0]} and {targets[1]}", file=sys.stdout)
+
+
+def _checked(args: argparse.Namespace):
+    """(config, output folder, output files), every flag checked before anything loads."""
+    from ..toyworld.erasure import toy_config
+    from ..toyworld.evaluate import concept_axis
+
+    concept_axis(args.concept)  # cheap checks first
+    check_threads(args.threads)
+    config = toy_config([args.concept], loss=args.loss, objective=args.objective,
+                        method=args.method, steps=args.steps, seed=args.seed,
+                        **({"batch_size": max(2, TOY_SETTINGS["batch_size"])}
+                           if args.loss == "cramer_wold" else {}))
+    out: Path = args.out
+    targets = [out / "grid.png", out / "summary.json"]
+    if any(t.exists() for t in targets) and not args.overwrite:
+        raise OutputExistsError(f"--out = {str(out)!r} already holds a demo result. Fix: pass "
+                                "--overwrite, or choose another --out.")
+    if out.exists() and not out.is_dir():
+        raise ConfigError("--out", str(out), "is a file", "give a folder")
+    return config, out, targets
+
+
+def _write(out: Path, targets: list[Path], grid, summary: dict) -> None:
+    """The grid and the summary, each written whole (a temporary file renamed) or not at all."""
     from ..metrics.images import save_png
 
+    out.mkdir(parents=True, exist_ok=True)
     for path, write in ((targets[0], lambda p: save_png(grid, p)),
                         (targets[1], lambda p: Path(p).write_text(json.dumps(summary, indent=1)))):
         fd, tmp = tempfile.mkstemp(dir=out, prefix=".tmp-", suffix=path.suffix)
@@ -291,14 +322,3 @@ def run(args: argparse.Namespace) -> int:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-    returned = "EMA teacher" if config.method == "train" and config.result == "teacher" else config.method
-    print(f"erasure returned ({returned}): efficacy (still judged {args.concept!r}) "
-          f"{base_eff:.2f} -> {after.efficacy:.2f}  (unconditional floor {floor:.2f})")
-    print(f"retention (accuracy on other prompts, relative): {retention:.3f}  "
-          f"per axis after {after.retention_accuracy}")
-    print(f"CLIP score erased prompts {before.clip_erased:.1f} -> {after.clip_erased:.1f}, "
-          f"retained prompts {before.clip_retained:.1f} -> {after.clip_retained:.1f}")
-    print(f"{seconds:.1f} s in all ({train_seconds:.1f} s training, {scoring_seconds:.1f} s scoring "
-          f"while training); wrote {targets[0]} and "
-          f"{targets[1]}", file=sys.stdout)
-    return 0

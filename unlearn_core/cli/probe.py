@@ -24,7 +24,15 @@ from ..devices import DEVICE_HELP, check_device, resolve_device
 from ..errors import ConfigError
 from ..metrics.config import ProbeConfig, ReportConfig
 from ..threads import THREADS_HELP, check_threads
-from .common import SDWorld, add_clip_arguments, check_sources, load_clip_from_args, load_erasure_file
+from .common import (
+    SDWorld,
+    add_clip_arguments,
+    check_sources,
+    erase_in_world,
+    load_clip_from_args,
+    load_erasure_file,
+    with_progress,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -66,9 +74,7 @@ def _help(name: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     import torch
-    from tqdm import tqdm
 
-    from ..metrics.images import save_png
     from ..metrics.probe import partial_diffusion_probe
     from ..threads import parameter_count, set_threads
 
@@ -103,53 +109,15 @@ def run(args: argparse.Namespace) -> int:
         erased = load_erasure_file(args.erasure, denoiser)
     else:
         settings = {"steps": args.steps} if args.steps and args.method == "train" else {}
-        with tqdm(desc=f"erasing {config.concept!r} ({args.method})", unit="step",
-                  disable=args.method == "uce") as ebar:
-
-            def step(info) -> None:  # returns None: a truthy return would cancel the trainer
-                ebar.update(1)
-
-            erased = world.erase(config.concept, args.method, callback=step, **settings)
-
-    if args.scorer == "clip" or (args.scorer == "auto" and not toy):
-        from ..metrics.scorers import ClipScorer
-
-        scorer = ClipScorer(load_clip_from_args(args, device), args.template)
-    else:
-        from ..toyworld.world import toy_judge_scorer
-
-        scorer = toy_judge_scorer()
-        if not scorer.understands(config.concept):
-            if args.scorer == "judge":
-                raise ConfigError("--concept", config.concept, "the toy judges know shapes, colours "
-                                  "and textures, and the concept names none", "name one, or use "
-                                  "--scorer clip")
-            from ..metrics.scorers import ClipScorer
-
-            scorer = ClipScorer(load_clip_from_args(args, device), args.template)
-
+        erased = erase_in_world(world, config.concept, args.method, **settings)
+    scorer = _scorer(args, toy, config.concept, device)
     emb = encode([config.concept, ""])
-    bar = tqdm(total=1, desc="probe", unit="step")
-
-    def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-
-    try:
-        result = partial_diffusion_probe(denoiser, erased, emb[:1], emb[1:], scorer, config, decode,
-                                         latent_shape, on_progress=progress)
-    finally:
-        bar.close()
+    result = with_progress("probe", lambda progress: partial_diffusion_probe(
+        denoiser, erased, emb[:1], emb[1:], scorer, config, decode, latent_shape,
+        on_progress=progress))
     print(result.markdown())
     if args.output:
-        out = Path(args.output)
-        save_png(result.plot(), out / "probe_curve.png")
-        save_png(result.grid(), out / "probe_images.png")
-        (out / "probe.json").write_text(json.dumps(result.to_dict(), indent=2))
-        (out / "probe.md").write_text(result.markdown() + "\n\n![curve](probe_curve.png)\n\n"
-                                      "![images](probe_images.png)\n")
-        print(f"wrote {out}/probe_curve.png, probe_images.png, probe.json, probe.md", file=sys.stderr)
+        _write(result, Path(args.output))
     if args.retained:
         from ..metrics.report import build_report
 
@@ -164,3 +132,33 @@ def run(args: argparse.Namespace) -> int:
             paths = report.save(args.output)
             print("wrote " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
     return 0
+
+
+def _scorer(args: argparse.Namespace, toy: bool, concept: str, device: str):
+    """CLIP score (SD, or --scorer clip, or a concept the toy judges do not know under auto), or
+    the toy judges' confidence."""
+    from ..metrics.scorers import ClipScorer
+
+    if args.scorer == "clip" or (args.scorer == "auto" and not toy):
+        return ClipScorer(load_clip_from_args(args, device), args.template)
+    from ..toyworld.world import toy_judge_scorer
+
+    scorer = toy_judge_scorer()
+    if scorer.understands(concept):
+        return scorer
+    if args.scorer == "judge":
+        raise ConfigError("--concept", concept, "the toy judges know shapes, colours "
+                          "and textures, and the concept names none", "name one, or use "
+                          "--scorer clip")
+    return ClipScorer(load_clip_from_args(args, device), args.template)
+
+
+def _write(result, out: Path) -> None:
+    from ..metrics.images import save_png
+
+    save_png(result.plot(), out / "probe_curve.png")
+    save_png(result.grid(), out / "probe_images.png")
+    (out / "probe.json").write_text(json.dumps(result.to_dict(), indent=2))
+    (out / "probe.md").write_text(result.markdown() + "\n\n![curve](probe_curve.png)\n\n"
+                                  "![images](probe_images.png)\n")
+    print(f"wrote {out}/probe_curve.png, probe_images.png, probe.json, probe.md", file=sys.stderr)
