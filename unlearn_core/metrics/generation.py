@@ -66,7 +66,8 @@ def initial_noise(seeds: Sequence[int], shape: Sequence[int], device: torch.devi
                   dtype: torch.dtype = torch.float32) -> Tensor:
     """x_T (B, *shape): row i drawn from N(0, I) with ``torch.Generator().manual_seed(seeds[i])``.
 
-    The same rule as the toy world's ``initial_noise``, so its evaluations and these agree.
+    The toy world's ``initial_noise`` is this one at its image size, so its evaluations and these
+    agree.
     """
     rows = [torch.randn((1, *shape), generator=torch.Generator().manual_seed(int(s))) for s in seeds]
     if not rows:

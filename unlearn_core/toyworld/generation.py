@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..denoiser import DiffusersDenoiser
+from ..metrics.generation import initial_noise as metrics_initial_noise
 from ..sampling import ddim_sample
 from .dataset import COLOURS, IMAGE_SIZE, SHAPES, TEXTURES, caption
 from .judges import Judge, judge
@@ -25,8 +26,9 @@ DEFAULT_STEPS = 20
 
 
 def initial_noise(seeds: Sequence[int], shape: tuple[int, int, int] = (3, IMAGE_SIZE, IMAGE_SIZE)) -> torch.Tensor:
-    """x_T (B, 3, 16, 16): image i drawn from N(0, I) with its own ``torch.Generator(seeds[i])``."""
-    return torch.cat([torch.randn((1, *shape), generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+    """x_T (B, 3, 16, 16): image i drawn from N(0, I) with its own ``torch.Generator(seeds[i])``
+    (the metrics' ``initial_noise`` at the toy image size, so both draw the same noise)."""
+    return metrics_initial_noise(seeds, shape)
 
 
 @torch.no_grad()
