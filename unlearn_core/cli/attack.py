@@ -28,12 +28,12 @@ from ..devices import DEVICE_HELP, check_device, resolve_device
 from ..errors import ConfigError
 from ..threads import THREADS_HELP, check_threads
 from .common import (
-    SDWorld,
     add_clip_arguments,
     check_sources,
     erase_in_world,
     load_clip_from_args,
     load_erasure_file,
+    load_world,
     with_progress,
 )
 
@@ -100,22 +100,12 @@ def _target_latents(paths, world, toy: bool):
 
 def run(args: argparse.Namespace) -> int:
     from ..attacks.core import attack
-    from ..threads import parameter_count, set_threads
 
     toy = args.model is None
     config = _checked_config(args, toy)
     device = resolve_device(args.device)
-    if args.output:
-        Path(args.output).mkdir(parents=True, exist_ok=True)
-
-    if toy:
-        from ..toyworld.world import load_toy_world
-
-        world = load_toy_world()
-    else:
-        world = SDWorld(args.model, device, args.resolution)
+    world = load_world(args, device)
     denoiser = world.denoiser
-    set_threads(args.threads, parameter_count(denoiser.module))
 
     if args.erasure is not None:
         erased = load_erasure_file(args.erasure, denoiser)

@@ -205,3 +205,20 @@ def with_progress(desc: str, work):
     finally:
         bar.close()
 
+
+def load_world(args: argparse.Namespace, device: str):
+    """The model ``probe`` and ``attack`` work on: the toy world without ``--model``, else the
+    SD-1.x folder; ``--output`` made first, torch's threads set for the model's size."""
+    from ..threads import parameter_count, set_threads
+
+    if args.output:
+        Path(args.output).mkdir(parents=True, exist_ok=True)
+    if args.model is None:
+        from ..toyworld.world import load_toy_world
+
+        world = load_toy_world()
+    else:
+        world = SDWorld(args.model, device, args.resolution)
+    set_threads(args.threads, parameter_count(world.denoiser.module))
+    return world
+

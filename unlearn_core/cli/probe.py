@@ -25,12 +25,12 @@ from ..errors import ConfigError
 from ..metrics.config import ProbeConfig, ReportConfig
 from ..threads import THREADS_HELP, check_threads
 from .common import (
-    SDWorld,
     add_clip_arguments,
     check_sources,
     erase_in_world,
     load_clip_from_args,
     load_erasure_file,
+    load_world,
     with_progress,
 )
 
@@ -76,7 +76,6 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..metrics.probe import partial_diffusion_probe
-    from ..threads import parameter_count, set_threads
 
     check_threads(args.threads)
     check_device(args.device)
@@ -92,18 +91,9 @@ def run(args: argparse.Namespace) -> int:
                   "give --clip-arch and --clip-weights",
                   {"--concept": [config.concept], "--retained": args.retained or []})
     device = resolve_device(args.device)
-    if args.output:
-        Path(args.output).mkdir(parents=True, exist_ok=True)
-
-    if toy:
-        from ..toyworld.world import load_toy_world
-
-        world = load_toy_world()
-    else:
-        world = SDWorld(args.model, device, args.resolution)
+    world = load_world(args, device)
     encode, decode, latent_shape = world.encode, world.decode, world.latent_shape
     denoiser = world.denoiser
-    set_threads(args.threads, parameter_count(denoiser.module))
 
     if args.erasure is not None:
         erased = load_erasure_file(args.erasure, denoiser)
