@@ -36,7 +36,16 @@ METHODS = ("train", "uce")
 ROBUST_MODES = ("none", "adversarial")
 
 
+# The largest seed a widget offers (ComfyUI's own seed widgets go this far).
+SEED_MAX = 0xFFFF_FFFF_FFFF_FFFF
+
+
 def _f(default: Any, help: str, **meta: Any) -> Any:
+    """A config field: its default, its help text (CLI --help, ComfyUI tooltip) and its rules:
+    ``choices``, ``min``, ``min_exclusive``, ``max`` (checked on creation), and ``ui``: the
+    widget's ``step`` and slider bounds (``min``/``max``) where the rules say too little for a
+    slider (no upper bound, an exclusive minimum). ``ui`` only shapes the widget; it is never
+    checked, so a value beyond a slider's end is still accepted from a flag or a file."""
     meta["help"] = help
     if isinstance(default, (list, dict)):
         raise TypeError("use tuples for sequence defaults")
@@ -54,7 +63,8 @@ class EraseConfig:
         (), "Prompts whose predictions are held to the base model's, to limit collateral damage."
     )
     retain_weight: float = _f(
-        0.0, "Weight of the retain term (0 = off). Needs retain_prompts.", min=0.0
+        0.0, "Weight of the retain term (0 = off). Needs retain_prompts.", min=0.0,
+        ui=dict(step=0.05, max=100.0)
     )
     contexts: tuple[str, ...] = _f(
         (), "Prompts the concepts are also erased inside, one per line, each with {} where the "
@@ -87,7 +97,8 @@ class EraseConfig:
         "concept).",
         choices=TARGET_SOURCES,
     )
-    esd_eta: float = _f(1.0, "ESD negative-guidance strength eta.", min=0.0)
+    esd_eta: float = _f(1.0, "ESD negative-guidance strength eta.", min=0.0,
+                        ui=dict(step=0.1, max=100.0))
     loss: str = _f(
         "l2",
         "Distance between student and target predictions: l2, jensen_shannon (per-channel "
@@ -96,15 +107,18 @@ class EraseConfig:
         "jensen_shannon_gaussian (JS between the two Gaussian reverse steps).",
         choices=LOSS_NAMES,
     )
-    js_temperature: float = _f(1.0, "Jensen-Shannon softmax temperature.", min_exclusive=0.0)
+    js_temperature: float = _f(1.0, "Jensen-Shannon softmax temperature.", min_exclusive=0.0,
+                               ui=dict(step=0.05, min=0.01, max=100.0))
     js_axis: str = _f(
         "spatial", "Jensen-Shannon softmax axis: spatial (per channel over H*W) or all values.",
         choices=JS_AXES,
     )
     cw_mode: str = _f("closed_form", "Cramer-Wold: closed_form or sliced.", choices=CW_MODES)
-    cw_directions: int = _f(64, "Cramer-Wold sliced: number of random directions.", min=1)
+    cw_directions: int = _f(64, "Cramer-Wold sliced: number of random directions.", min=1,
+                            ui=dict(max=4096))
     cw_bandwidth: float = _f(
-        0.0, "Cramer-Wold smoothing gamma; 0 = Silverman's rule (4/(3n))^(2/5).", min=0.0
+        0.0, "Cramer-Wold smoothing gamma; 0 = Silverman's rule (4/(3n))^(2/5).", min=0.0,
+        ui=dict(step=0.01, max=1000.0)
     )
     selection: str = _f(
         "xattn",
@@ -116,67 +130,77 @@ class EraseConfig:
         "full", "full (a delta per layer, as SDD) or lora (low rank: less memory, small files).",
         choices=PARAMETRIZATIONS,
     )
-    lora_rank: int = _f(8, "LoRA rank.", min=1)
-    lora_alpha: float = _f(8.0, "LoRA alpha; the update is scaled by alpha/rank.", min_exclusive=0.0)
-    steps: int = _f(1500, "Training steps.", min=1)
+    lora_rank: int = _f(8, "LoRA rank.", min=1, ui=dict(max=1280))
+    lora_alpha: float = _f(8.0, "LoRA alpha; the update is scaled by alpha/rank.", min_exclusive=0.0,
+                           ui=dict(step=0.5, min=0.01, max=1280.0))
+    steps: int = _f(1500, "Training steps.", min=1, ui=dict(max=100_000))
     lr: float = _f(1e-5, "AdamW learning rate (SDD: 1e-5 for a full delta; LoRA wants ~1e-4).",
-                   min_exclusive=0.0)
-    weight_decay: float = _f(1e-4, "AdamW weight decay.", min=0.0)
-    grad_clip: float = _f(1.0, "Gradient-norm clip (0 = off).", min=0.0)
+                   min_exclusive=0.0, ui=dict(step=1e-6, min=1e-8, max=1.0))
+    weight_decay: float = _f(1e-4, "AdamW weight decay.", min=0.0, ui=dict(step=1e-5, max=1.0))
+    grad_clip: float = _f(1.0, "Gradient-norm clip (0 = off).", min=0.0,
+                          ui=dict(step=0.1, max=1000.0))
     ema_decay: float = _f(
         0.999,
         "EMA teacher decay after each step. The teacher samples the trajectories and, with "
         "result=teacher, is what is returned; it moves (1-decay^steps) of the way.",
-        min=0.0, max=1.0,
+        min=0.0, max=1.0, ui=dict(step=1e-4),
     )
     result: str = _f("teacher", "Which weights are returned: the EMA teacher (SDD) or the student.",
                      choices=RESULTS)
-    guidance: float = _f(3.0, "Classifier-free guidance for sampling the training states.", min=0.0)
+    guidance: float = _f(3.0, "Classifier-free guidance for sampling the training states.", min=0.0,
+                         ui=dict(step=0.1, max=30.0))
     sampling_steps: int = _f(
-        10, "DDIM steps of the trajectory that produces the training states (SDD: 50).", min=1
+        10, "DDIM steps of the trajectory that produces the training states (SDD: 50).", min=1,
+        ui=dict(max=1000)
     )
     batch_size: int = _f(
         2,
         "Training states per step, taken from one trajectory at different timesteps "
         "(cramer_wold needs >= 2: at 1 it is a saturating function of L2).",
-        min=1,
+        min=1, ui=dict(max=64),
     )
     trajectory_reuse: int = _f(
         4, "Training steps that share one sampled trajectory (1 = a fresh one every step, as SDD).",
-        min=1,
+        min=1, ui=dict(max=1000),
     )
     timestep_weighting: str = _f(
         "snr", "none (SDD), or snr: weight each state by sqrt(1/alpha_bar - 1) (x0-space), which "
         "favours the high-noise steps that decide the concept.", choices=WEIGHTINGS,
     )
     resolution: int = _f(
-        64, "Latent height/width of the training states (SD-1 at 512 px = 64).", min=1
+        64, "Latent height/width of the training states (SD-1 at 512 px = 64).", min=1,
+        ui=dict(max=256)
     )
     gradient_checkpointing: bool = _f(
         False, "Recompute each block's activations in the backward pass instead of keeping "
         "them: far less memory at 512 px (GPU), some more time per step (+15-19% measured on a "
         "CPU).",
     )
-    uce_lambda: float = _f(0.5, "UCE regulariser lambda.", min_exclusive=0.0)
-    uce_erase_scale: float = _f(1.0, "UCE erase scale s_e.", min=0.0)
-    uce_preserve_scale: float = _f(1.0, "UCE preserve scale s_p.", min=0.0)
+    uce_lambda: float = _f(0.5, "UCE regulariser lambda.", min_exclusive=0.0,
+                           ui=dict(step=0.05, min=0.001, max=100.0))
+    uce_erase_scale: float = _f(1.0, "UCE erase scale s_e.", min=0.0, ui=dict(step=0.1, max=100.0))
+    uce_preserve_scale: float = _f(1.0, "UCE preserve scale s_p.", min=0.0,
+                                   ui=dict(step=0.1, max=100.0))
     uce_guide: str = _f("", "UCE guide prompt the concepts map to (empty = the empty prompt).")
     uce_token: str = _f("last", "UCE: use the concept's last real token or all its tokens.",
                         choices=("last", "all"))
-    seed: int = _f(0, "Random seed; the same seed gives the same result.", min=0)
+    seed: int = _f(0, "Random seed; the same seed gives the same result.", min=0,
+                   ui=dict(max=SEED_MAX))
     robust: str = _f(
         "none", "adversarial: every robust_every steps an inner loop finds conditioning rows that "
         "bring the concept back in the current student (the red-team attacks), and the erasure "
         "erases those too (AdvUnlearn/STEREO-style; objective sdd). Costs more UNet evaluations: "
         "see StepInfo.adversarial_evals and the metadata.", choices=ROBUST_MODES,
     )
-    robust_every: int = _f(10, "robust: steps between two runs of the inner attack.", min=1)
+    robust_every: int = _f(10, "robust: steps between two runs of the inner attack.", min=1,
+                           ui=dict(max=100_000))
     robust_inner_steps: int = _f(5, "robust: optimisation steps of each inner attack (its budget: "
-                                 "robust_inner_steps x batch_size UNet evaluations).", min=1)
+                                 "robust_inner_steps x batch_size UNet evaluations).", min=1,
+                                 ui=dict(max=10_000))
     robust_tokens: int = _f(4, "robust: conditioning rows the inner attack optimises.", min=1,
                             max=76)
     robust_weight: float = _f(1.0, "robust: weight of the term that erases the adversarial "
-                              "conditioning.", min=0.0)
+                              "conditioning.", min=0.0, ui=dict(step=0.05, max=100.0))
 
     def __post_init__(self) -> None:
         # Accept lists (JSON, CLI) but store tuples so the config stays hashable and frozen.
