@@ -24,17 +24,14 @@ DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 def parse_overrides(items: list[str]) -> dict:
-    """``key=value`` pairs (EraseConfig fields) with values read as JSON where they parse."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set {item!r}: give FIELD=VALUE, e.g. selection=noxattn")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
+    """``FIELD=VALUE`` items (EraseConfig fields), read as ``unlearn bench --set`` reads them."""
+    from unlearn_core.cli.common import parse_settings
+    from unlearn_core.errors import ConfigError
+
+    try:
+        return parse_settings(items)
+    except ConfigError as e:  # one line, as the script's other refusals
+        raise SystemExit(str(e)) from None
 
 
 def measure(preset: str, latent: int, dtype_name: str, overrides: dict | None = None) -> dict:

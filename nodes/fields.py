@@ -1,9 +1,10 @@
-"""Widget order of the Advanced node. No imports: scripts/build_workflows.py loads this file by
-path (the nodes package imports ComfyUI), so the order lives in one place."""
+"""Widget order of the Advanced node, in one place: ``nodes/erase.py`` builds the node's inputs in
+this order and ``scripts/build_workflows.py`` writes the example workflows' widget values in it."""
 
-# The Advanced node's widgets, in order. Workflows store widget values by position, so a new
-# config field goes at the END of this list (tests/test_nodes.py pins the order and checks that
-# every config field is here).
+# The Advanced node's widgets, in order. Saved workflows store widget values by position, so a new
+# config field goes at the END of this list and nothing here moves. tests/test_nodes_offline.py
+# reads the committed example workflows by this order (each value must fit its field), and
+# nodes/erase.py warns about a config field that is missing here.
 ADVANCED_FIELDS = (
     "concepts", "retain_prompts", "retain_weight", "method", "objective", "target_from",
     "esd_eta", "loss", "js_temperature", "js_axis", "cw_mode", "cw_directions", "cw_bandwidth",

@@ -1,9 +1,10 @@
 """Node inputs made from ``EraseConfig`` fields: the input name is the field name, the tooltip is
 the field's help text, combos come from its ``choices``, number ranges from ``min``/``max``.
 
-Only what the config cannot say lives here: the widget step and the upper bounds a slider needs
-(the web UI assumes 0..2048 when none is given, and rounds a FLOAT to its step unless told not to).
-Defaults are the config's own, with the core's "fast" recipe on top (``node_defaults``).
+A field's ``ui`` metadata (in the config, beside its rules) gives the widget step and the slider
+bounds the rules leave open (the web UI assumes 0..2048 when none is given, and rounds a FLOAT to
+its step unless told not to). Defaults are the config's own, with the core's "fast" recipe on top
+(``node_defaults``).
 """
 
 from __future__ import annotations
@@ -15,37 +16,6 @@ from typing import Any
 from ..unlearn_core.config import RECIPES, EraseConfig, config_fields
 from ..unlearn_core.errors import ConfigError
 from ..unlearn_core.selection import SELECTIONS
-
-SEED_MAX = 0xFFFFFFFFFFFFFFFF
-
-# Per-field widget hints the config does not carry: step, slider bounds, exclusive minimums.
-UI_HINTS: dict[str, dict[str, Any]] = {
-    "retain_weight": {"step": 0.05, "max": 100.0},
-    "esd_eta": {"step": 0.1, "max": 100.0},
-    "js_temperature": {"step": 0.05, "min": 0.01, "max": 100.0},
-    "cw_directions": {"max": 4096},
-    "cw_bandwidth": {"step": 0.01, "max": 1000.0},
-    "lora_rank": {"max": 1280},
-    "lora_alpha": {"step": 0.5, "min": 0.01, "max": 1280.0},
-    "steps": {"max": 100000},
-    "lr": {"step": 1e-6, "min": 1e-8, "max": 1.0},
-    "weight_decay": {"step": 1e-5, "max": 1.0},
-    "grad_clip": {"step": 0.1, "max": 1000.0},
-    "ema_decay": {"step": 1e-4},
-    "guidance": {"step": 0.1, "max": 30.0},
-    "sampling_steps": {"max": 1000},
-    "batch_size": {"max": 64},
-    "trajectory_reuse": {"max": 1000},
-    "resolution": {"max": 256},
-    "uce_lambda": {"step": 0.05, "min": 0.001, "max": 100.0},
-    "uce_erase_scale": {"step": 0.1, "max": 100.0},
-    "uce_preserve_scale": {"step": 0.1, "max": 100.0},
-    "seed": {"max": SEED_MAX},
-    "robust_every": {"max": 100000},
-    "robust_inner_steps": {"max": 10000},
-    "robust_weight": {"step": 0.05, "max": 100.0},
-    "threshold": {"step": 0.5},
-}
 
 MULTILINE = {"concepts", "retain_prompts", "contexts", "erased_prompts", "retained_prompts"}
 
@@ -64,7 +34,7 @@ def field_input(name: str, default: Any = None, tooltip: str | None = None,
     (type, options)."""
     f = {f.name: f for f in dataclasses.fields(config)}[name]
     meta = f.metadata
-    hints = UI_HINTS.get(name, {})
+    hints = meta.get("ui", {})
     if default is None:
         default = node_defaults()[name] if config is EraseConfig else f.default
     opts: dict[str, Any] = {"tooltip": tooltip or meta["help"]}

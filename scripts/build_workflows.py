@@ -20,6 +20,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the repository folder: its nodes package imports without ComfyUI
+
+from nodes.fields import ADVANCED_FIELDS  # noqa: E402
+
 OUT = ROOT / "example_workflows"
 CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 SEED = 1234
@@ -355,22 +359,11 @@ def advanced_defaults() -> dict:
     return values
 
 
-def _advanced_order() -> tuple[str, ...]:
-    """The Advanced node's widget order from nodes/fields.py, loaded by path (no ComfyUI needed)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("unlearn_node_fields", ROOT / "nodes" / "fields.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.ADVANCED_FIELDS
-
-
-ADVANCED_ORDER = _advanced_order()
-
-
 def advanced_widgets(values: dict) -> list:
+    """The Advanced node's widget values in its widget order (nodes/fields.py), the seed's
+    control widget after the seed."""
     out = []
-    for name in ADVANCED_ORDER:
+    for name in ADVANCED_FIELDS:
         out.append(values[name])
         if name == "seed":
             out.append("fixed")

@@ -101,19 +101,10 @@ def test_inputs_are_config_fields_with_their_help_as_tooltip(comfy_host):
     assert set(uce) <= set(fields) and {"uce_guide", "retain_prompts", "uce_lambda"} <= set(uce)
 
 
-def test_advanced_widget_order_is_pinned(comfy_host):
-    """Workflows store widget values by position: a new config field goes at the end."""
+def test_advanced_widgets_are_in_the_fields_order(comfy_host):
+    """The node ComfyUI loads shows its widgets in nodes/fields.py's order (the order itself is
+    checked against the committed example workflows in tests/test_nodes_offline.py)."""
     erase = nh.pack_module("nodes.erase")
-    pinned = (
-        "concepts", "retain_prompts", "retain_weight", "method", "objective", "target_from",
-        "esd_eta", "loss", "js_temperature", "js_axis", "cw_mode", "cw_directions",
-        "cw_bandwidth", "selection", "parametrization", "lora_rank", "lora_alpha", "steps", "lr",
-        "weight_decay", "grad_clip", "ema_decay", "result", "guidance", "sampling_steps",
-        "batch_size", "trajectory_reuse", "timestep_weighting", "resolution", "uce_lambda",
-        "uce_erase_scale", "uce_preserve_scale", "uce_guide", "uce_token", "seed",
-        "gradient_checkpointing",
-    )
-    assert erase.ADVANCED_FIELDS[: len(pinned)] == pinned
     names = [n for n, _ in ch.widget_names(comfy_host.node_classes["UnlearnEraseConceptAdvanced"])]
     assert names == list(erase.ADVANCED_FIELDS)
 

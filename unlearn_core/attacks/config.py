@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import _f
+from ..config import SEED_MAX, _f
 from ..errors import ConfigError
 from ..metrics.config import DEFAULT_PSIS, _check_numbers, parse_psis, parse_seeds
 
@@ -34,7 +34,8 @@ class AttackConfig:
         choices=KINDS)
     steps: int = _f(150, "Optimisation steps of the attack (its budget: steps x batch_size "
                     "UNet evaluations with gradient).", min=1, max=100_000)
-    batch_size: int = _f(4, "Noised target images per optimisation step.", min=1, max=256)
+    batch_size: int = _f(4, "Noised target images per optimisation step.", min=1, max=256,
+                         ui=dict(max=64))
     tokens: int = _f(4, "Token rows the attack optimises (of the text encoder's output, which "
                      "the UNet's cross-attention reads).", min=1, max=76)
     lr: float = _f(0.02, "Adam learning rate of the attack, relative to the norm bound of a row.",
@@ -48,17 +49,17 @@ class AttackConfig:
     seeds: tuple[int, ...] = _f((0, 1, 2, 3, 4, 5, 6, 7), "Seeds of the images generated with "
                                 'the attack and judged ("0-7"): one image each.')
     guidance: float = _f(7.5, "Classifier-free guidance of every sampler here (targets, attacked "
-                         "images, probe).", min=0.0, max=100.0)
+                         "images, probe).", min=0.0, max=100.0, ui=dict(step=0.1, max=30.0))
     sampling_steps: int = _f(50, "DDIM steps per generated image.", min=1, max=1000)
     threshold: float = _f(0.5, "An attacked image counts as a success when its score for the "
                           "concept reaches this (toy judges: confidence 0..1; CLIP score: "
                           "0..100, e.g. 25 for ViT-L-14 -- calibrate it on your base model's "
-                          "images of the concept).", min=0.0)
+                          "images of the concept).", min=0.0, ui=dict(step=0.5))
     psis: tuple[float, ...] = _f(DEFAULT_PSIS, "probe: shares of the trajectory the base model "
                                  "denoises before the erased model takes over.")
     batch: int = _f(16, "Images per sampler batch (lower it if memory runs out).", min=1, max=1024)
     seed: int = _f(0, "Seed of the attack (targets' noise, timesteps, initial rows): the same "
-                   "seed gives the same attack.", min=0)
+                   "seed gives the same attack.", min=0, ui=dict(max=SEED_MAX))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "seeds", parse_seeds(self.seeds))

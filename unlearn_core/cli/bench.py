@@ -22,6 +22,7 @@ from ..errors import ConfigError
 from ..metrics.stats import mean_ci
 from ..threads import THREADS_HELP, check_threads
 from ..toyworld.settings import TASKS, TOY_SETTINGS
+from .common import parse_settings
 
 LOSSES_DEFAULT = ("l2", "jensen_shannon", "cramer_wold")
 # --quick: the benchmark's flags it sets, and config settings for its trained runs (under --set).
@@ -61,35 +62,6 @@ _OWN_FLAGS = {"seed": "--seeds N", "loss": "--losses", "objective": "--objective
               "concepts": "--tasks"}
 
 
-def _parse_sets(items: list[str]) -> dict:
-    from ..config import config_fields
-
-    fields = config_fields()
-    out: dict[str, Any] = {}
-    for item in items:
-        key, eq, raw = item.partition("=")
-        if not eq or key not in fields:
-            raise ConfigError("--set", item, "not FIELD=VALUE with a field of EraseConfig",
-                              f"write e.g. --set lr=1e-4; fields: {', '.join(fields)}")
-        if key in _OWN_FLAGS:  # the benchmark sweeps these itself
-            raise ConfigError("--set", item, f"{key} is set by the benchmark's own flag",
-                              f"use {_OWN_FLAGS[key]} instead")
-        kind = type(fields[key].default)
-        try:
-            if kind is bool:
-                if raw.lower() not in ("true", "false", "1", "0"):
-                    raise ValueError(raw)
-                out[key] = raw.lower() in ("true", "1")
-            elif kind is tuple:
-                out[key] = tuple(v.strip() for v in raw.split(",") if v.strip())
-            else:
-                out[key] = kind(raw)
-        except ValueError:
-            what = {int: "a whole number", float: "a number", bool: "true or false"}.get(kind, "text")
-            raise ConfigError("--set", item, f"{raw!r} is not {what}", f"give {key} {what}") from None
-    return out
-
-
 def _plan(args: argparse.Namespace) -> tuple[list[str], list[tuple[str, str, str]], dict]:
     """(tasks, methods, config overrides of the trained runs) from the flags, every config checked
     before any work; ``--quick`` and ``--set steps=N`` are applied to ``args``."""
@@ -100,7 +72,7 @@ def _plan(args: argparse.Namespace) -> tuple[list[str], list[tuple[str, str, str
         for name, value in QUICK.items():
             setattr(args, name, value)
         quick_settings = dict(QUICK_SETTINGS)
-    overrides = quick_settings | _parse_sets(args.set)
+    overrides = quick_settings | parse_settings(args.set, own_flags=_OWN_FLAGS)
     args.steps = overrides.pop("steps", args.steps)
     for flag, value in (("--seeds", args.seeds), ("--steps", args.steps), ("--repeats", args.repeats)):
         if value < 1:

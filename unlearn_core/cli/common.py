@@ -5,8 +5,9 @@ local SD-1.x folder as the measuring code sees it."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from ..config import RECIPES, EraseConfig, config_fields
 from ..errors import ConfigError
@@ -53,6 +54,38 @@ def config_from_args(args: argparse.Namespace, base: dict | None = None, **overr
             values[name] = tuple(v) if isinstance(v, list) else v
     values.update(overrides)
     return EraseConfig(**values)
+
+
+def parse_settings(items: Sequence[str], own_flags: Mapping[str, str] | None = None,
+                   flag: str = "--set") -> dict[str, Any]:
+    """``FIELD=VALUE`` items (``--set lr=1e-4``) -> {field: value}, each value read as its
+    EraseConfig field's type: a whole number, a number, true/false, text, or a comma-separated
+    list for the prompt lists. ``own_flags``: fields the command sets from its own flags (field ->
+    the flag to use instead), refused here."""
+    fields = config_fields()
+    out: dict[str, Any] = {}
+    for item in items:
+        key, eq, raw = item.partition("=")
+        if not eq or key not in fields:
+            raise ConfigError(flag, item, "not FIELD=VALUE with a field of EraseConfig",
+                              f"write e.g. {flag} lr=1e-4; fields: {', '.join(fields)}")
+        if own_flags and key in own_flags:
+            raise ConfigError(flag, item, f"{key} is set by the benchmark's own flag",
+                              f"use {own_flags[key]} instead")
+        kind = type(fields[key].default)
+        try:
+            if kind is bool:
+                if raw.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(raw)
+                out[key] = raw.lower() in ("true", "1")
+            elif kind is tuple:
+                out[key] = tuple(v.strip() for v in raw.split(",") if v.strip())
+            else:
+                out[key] = kind(raw)
+        except ValueError:
+            what = {int: "a whole number", float: "a number", bool: "true or false"}.get(kind, "text")
+            raise ConfigError(flag, item, f"{raw!r} is not {what}", f"give {key} {what}") from None
+    return out
 
 
 def add_clip_arguments(p: argparse.ArgumentParser) -> None:

@@ -112,11 +112,13 @@ class ProbeConfig:
         "a whole number of sampling steps.")
     seeds: tuple[int, ...] = _f(DEFAULT_SEEDS, "Seeds of the starting noise, one image each "
                                 '("0, 1, 2, 3" or "0-3").')
-    guidance: float = _f(7.5, "Classifier-free guidance scale of the sampler.", min=0.0)
+    guidance: float = _f(7.5, "Classifier-free guidance scale of the sampler.", min=0.0,
+                         ui=dict(step=0.1, max=30.0))
     sampling_steps: int = _f(50, "DDIM steps of the whole trajectory.", min=1, max=1000)
     strength: float = _f(1.0, "Strength of the erasure (when it is given as an erasure, not as a "
                          "finished model).")
-    batch_size: int = _f(16, "Images per sampler batch (lower it if memory runs out).", min=1)
+    batch_size: int = _f(16, "Images per sampler batch (lower it if memory runs out).", min=1,
+                         ui=dict(max=64))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "psis", parse_psis(self.psis))
@@ -142,11 +144,13 @@ class ReportConfig:
     retained_prompts: tuple[str, ...] = _f((), "Prompts that should be unaffected, one per line "
                                            "(an unchanged score is better).")
     seeds: tuple[int, ...] = _f(DEFAULT_SEEDS, 'Seeds, one image per prompt and seed ("0-3").')
-    guidance: float = _f(7.5, "Classifier-free guidance scale of the sampler.", min=0.0)
+    guidance: float = _f(7.5, "Classifier-free guidance scale of the sampler.", min=0.0,
+                         ui=dict(step=0.1, max=30.0))
     sampling_steps: int = _f(50, "DDIM steps per image.", min=1, max=1000)
     strength: float = _f(1.0, "Strength of the erasure (when it is given as an erasure, not as a "
                          "finished model).")
-    batch_size: int = _f(16, "Images per sampler batch (lower it if memory runs out).", min=1)
+    batch_size: int = _f(16, "Images per sampler batch (lower it if memory runs out).", min=1,
+                         ui=dict(max=64))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "erased_prompts", parse_lines(self.erased_prompts))
