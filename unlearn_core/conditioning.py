@@ -131,6 +131,110 @@ def common_length(embs: Sequence[Tensor]) -> list[Tensor]:
     return [e if e.shape[1] == target else e.repeat(1, target // e.shape[1], 1) for e in embs]
 
 
+class _Texts:
+    """Every text one erasure encodes, in one list (one ``encode`` call), with where each part
+    (concepts, trajectory, empty, retain, guide, contexts) starts."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+        self.at: dict[str, int] = {}
+        self.emb: Tensor | None = None
+        self.last: list[int] | None = None
+
+    def add(self, part: str, items: Sequence[str]) -> None:
+        self.at[part] = len(self.texts)
+        self.texts.extend(items)
+
+    def encode(self, encode: Callable[[Sequence[str]], Tensor],
+               last_token: Callable[[Sequence[str]], list[int]] | None) -> None:
+        self.emb = encode(self.texts) if self.texts else None
+        if last_token is not None and self.texts:
+            self.last = list(last_token(self.texts))
+
+    def take(self, part: str, n: int) -> list[Tensor]:
+        """The part's first ``n`` embeddings, each (1, L, D)."""
+        return [self.emb[self.at[part] + i : self.at[part] + i + 1] for i in range(n)]
+
+    def last_of(self, part: str, n: int) -> list[int] | None:
+        return None if self.last is None else self.last[self.at[part] : self.at[part] + n]
+
+    def context_rows(self, pairs: list[list[tuple[str, str]]]) -> list[list[tuple[Tensor, Tensor]]]:
+        """Each concept's (prompt, anchor) context pairs as embeddings."""
+        out, i = [], self.at["contexts"]
+        for ps in pairs:
+            out.append([(self.emb[i + 2 * j : i + 2 * j + 1], self.emb[i + 2 * j + 1 : i + 2 * j + 2])
+                        for j in range(len(ps))])
+            i += 2 * len(ps)
+        return out
+
+
+def _check_rows(rows: EncodedRows, config: EraseConfig,
+                count_tokens: Callable[[str], int] | None) -> None:
+    """Refuse an anchor of several rows or beside a guide text, and (with ``count_tokens``) any
+    config text too long for the text encoder, before anything is encoded."""
+    from .prompts import check_config_prompts
+
+    if rows.anchor is not None and len(rows.anchor) != 1:
+        raise ConfigError("anchor_conditioning", f"{len(rows.anchor)} entries",
+                          "needs exactly one prompt", "connect a single CLIP Text Encode")
+    if rows.anchor is not None and config.uce_guide:
+        raise ConfigError("uce_guide", config.uce_guide,
+                          "both uce_guide text and anchor_conditioning are given",
+                          "clear uce_guide or disconnect anchor_conditioning")
+    given = [name for name, r in (("concepts", rows.concepts), ("retain_prompts", rows.retain),
+                                  ("uce_guide", rows.anchor)) if r is not None]
+    if count_tokens is not None:
+        check_config_prompts(config, count_tokens, skip=given)
+
+
+def _texts_to_encode(config: EraseConfig, rows: EncodedRows,
+                     count_tokens: Callable[[str], int] | None,
+                     context_pairs: ContextPairs | None
+                     ) -> tuple[_Texts, list[list[tuple[str, str]]], bool]:
+    """(the texts, each concept's context pairs, whether a guide text is encoded): every text
+    the erasure needs that ``rows`` does not already give."""
+    from .prompts import check_prompt_lengths, trajectory_prompt
+
+    training = config.method == "train"
+    concepts = list(config.concepts)
+    texts = _Texts()
+    if rows.concepts is None:
+        texts.add("concepts", concepts)
+        if training:  # SDD samples its training states from the concepts' joint prompt
+            texts.add("trajectory", [trajectory_prompt(concepts, count_tokens)])
+    if rows.anchor is None:
+        texts.add("empty", [""])
+    if rows.retain is None:
+        texts.add("retain", config.retain_prompts)
+    guide_text = config.method == "uce" and bool(config.uce_guide) and rows.anchor is None
+    if guide_text:
+        texts.add("guide", [config.uce_guide])
+    if config.contexts:
+        pairs_of = template_pairs(config.contexts)
+    else:
+        pairs_of = context_pairs or template_pairs(DEFAULT_CONTEXTS)
+    pairs = ([list(pairs_of(c)) for c in concepts] if training and rows.concepts is None
+             else [[] for _ in concepts])
+    flat = [text for ps in pairs for pair in ps for text in pair]
+    if count_tokens is not None and flat:
+        check_prompt_lengths({"contexts": flat}, count_tokens)
+    texts.add("contexts", flat)
+    return texts, pairs, guide_text
+
+
+def _one_length(concepts: list[Tensor], trajectory: Tensor, empty: Tensor, retain: list[Tensor],
+                contexts: list[list[tuple[Tensor, Tensor]]]) -> tuple:
+    """Training's rows brought to one token length (``common_length``), so they share batches:
+    (concepts, trajectory, empty, retain, contexts)."""
+    k = len(concepts)
+    n_ctx = [len(ps) for ps in contexts]
+    flat_ctx = [e for ps in contexts for pair in ps for e in pair]
+    same = common_length([*concepts, trajectory, empty, *retain, *flat_ctx])
+    rest = iter(same[k + 2 + len(retain):])
+    contexts = [[(next(rest), next(rest)) for _ in range(n)] for n in n_ctx]
+    return same[:k], same[k], same[k + 1], same[k + 2 : k + 2 + len(retain)], contexts
+
+
 def encode_conditioning(encode: Callable[[Sequence[str]], Tensor], config: EraseConfig,
                         last_token: Callable[[Sequence[str]], list[int]] | None = None,
                         count_tokens: Callable[[str], int] | None = None,
@@ -150,98 +254,38 @@ def encode_conditioning(encode: Callable[[Sequence[str]], Tensor], config: Erase
     as rows have no text to put in a caption: they train without contexts.
     Training brings every row to one token length (``common_length``) so they share batches.
     """
-    from .prompts import check_config_prompts, check_prompt_lengths, trajectory_prompt
-
     rows = rows or EncodedRows()
-    if rows.anchor is not None and len(rows.anchor) != 1:
-        raise ConfigError("anchor_conditioning", f"{len(rows.anchor)} entries",
-                          "needs exactly one prompt", "connect a single CLIP Text Encode")
-    if rows.anchor is not None and config.uce_guide:
-        raise ConfigError("uce_guide", config.uce_guide,
-                          "both uce_guide text and anchor_conditioning are given",
-                          "clear uce_guide or disconnect anchor_conditioning")
-    given = [name for name, r in (("concepts", rows.concepts), ("retain_prompts", rows.retain),
-                                  ("uce_guide", rows.anchor)) if r is not None]
-    if count_tokens is not None:
-        check_config_prompts(config, count_tokens, skip=given)
+    _check_rows(rows, config, count_tokens)
     training = config.method == "train"
-    concepts = list(config.concepts)
-
-    # Every text to encode, in one list; `at` remembers where each part starts.
-    texts: list[str] = []
-    at: dict[str, int] = {}
-
-    def add(part: str, items: Sequence[str]) -> None:
-        at[part] = len(texts)
-        texts.extend(items)
+    k = len(config.concepts)
+    texts, pairs, guide_text = _texts_to_encode(config, rows, count_tokens, context_pairs)
+    texts.encode(encode, last_token)
 
     if rows.concepts is None:
-        add("concepts", concepts)
-        if training:  # SDD samples its training states from the concepts' joint prompt
-            add("trajectory", [trajectory_prompt(concepts, count_tokens)])
-    if rows.anchor is None:
-        add("empty", [""])
-    if rows.retain is None:
-        add("retain", config.retain_prompts)
-    guide_text = config.method == "uce" and bool(config.uce_guide) and rows.anchor is None
-    if guide_text:
-        add("guide", [config.uce_guide])
-    if config.contexts:
-        pairs_of = template_pairs(config.contexts)
-    else:
-        pairs_of = context_pairs or template_pairs(DEFAULT_CONTEXTS)
-    pairs = ([list(pairs_of(c)) for c in concepts] if training and rows.concepts is None
-             else [[] for _ in concepts])
-    flat = [text for ps in pairs for pair in ps for text in pair]
-    if count_tokens is not None and flat:
-        check_prompt_lengths({"contexts": flat}, count_tokens)
-    add("contexts", flat)
-
-    emb = encode(texts) if texts else None
-    last = list(last_token(texts)) if last_token is not None and texts else None
-
-    def take(part: str, n: int) -> list[Tensor]:
-        return [emb[at[part] + i : at[part] + i + 1] for i in range(n)]
-
-    def last_of(part: str, n: int) -> list[int] | None:
-        return None if last is None else last[at[part] : at[part] + n]
-
-    k = len(concepts)
-    if rows.concepts is None:
-        concept_rows, concept_last = take("concepts", k), last_of("concepts", k)
-        trajectory = take("trajectory", 1)[0] if training else None
+        concept_rows, concept_last = texts.take("concepts", k), texts.last_of("concepts", k)
+        trajectory = texts.take("trajectory", 1)[0] if training else None
     else:
         concept_rows, concept_last = list(rows.concepts), None
         # as ComfyUI's "Conditioning (Concat)": one prompt holding every concept
         trajectory = torch.cat(rows.concepts, dim=1) if training else None
     if rows.anchor is None:
-        empty, empty_last = take("empty", 1)[0], last_of("empty", 1)
+        empty, empty_last = texts.take("empty", 1)[0], texts.last_of("empty", 1)
     else:
         empty, empty_last = rows.anchor[0], None
     if rows.retain is None:
         n_ret = len(config.retain_prompts)
-        retain, retain_last = take("retain", n_ret), last_of("retain", n_ret)
+        retain, retain_last = texts.take("retain", n_ret), texts.last_of("retain", n_ret)
     else:
         retain, retain_last = list(rows.retain), None
     if guide_text:
-        guide, guide_last = take("guide", 1)[0], last_of("guide", 1)
+        guide, guide_last = texts.take("guide", 1)[0], texts.last_of("guide", 1)
     else:
         guide, guide_last = (rows.anchor[0] if rows.anchor is not None else None), empty_last
-    contexts, i = [], at["contexts"]
-    for ps in pairs:
-        contexts.append([(emb[i + 2 * j : i + 2 * j + 1], emb[i + 2 * j + 1 : i + 2 * j + 2])
-                         for j in range(len(ps))])
-        i += 2 * len(ps)
+    contexts = texts.context_rows(pairs)
 
     if training:  # one token length for all, so prompts can share a batch
-        n_ctx = [len(ps) for ps in contexts]
-        flat_ctx = [e for ps in contexts for pair in ps for e in pair]
-        same = common_length([*concept_rows, trajectory, empty, *retain, *flat_ctx])
-        concept_rows, trajectory, empty = same[:k], same[k], same[k + 1]
-        retain = same[k + 2 : k + 2 + len(retain)]
-        rest, contexts = iter(same[k + 2 + len(retain):]), []
-        for n in n_ctx:
-            contexts.append([(next(rest), next(rest)) for _ in range(n)])
+        concept_rows, trajectory, empty, retain, contexts = _one_length(
+            concept_rows, trajectory, empty, retain, contexts)
     guide_at = guide_last[0] if guide_last else None
     if concept_last is not None and (guide_at is None or None in concept_last):
         concept_last = None  # positions unknown on one side: UCE aligns all tokens

@@ -229,6 +229,23 @@ def _check_inputs(cond: Tensor, uncond: Tensor, targets: Tensor | None,
                           "pass latent_shape=(C, h, w) (SD-1 at 512 px: (4, 64, 64))")
 
 
+@torch.no_grad()
+def _sample(model: Denoiser, ctx: Tensor, uncond: Tensor, x_T: Tensor, config: AttackConfig,
+            advance: Callable[[int], None]) -> list[Tensor]:
+    """x_0 latents from ``x_T`` under ``ctx``, ``config.batch`` at a time (``advance(n)`` after
+    each batch)."""
+    device, dtype = module_device(model.module), module_dtype(model.module)
+    out = []
+    for i in range(0, x_T.shape[0], config.batch):
+        x = x_T[i : i + config.batch]
+        n = x.shape[0]
+        out.append(ddim_sample(model, x.to(device, dtype), expand_context(ctx, n).to(device, dtype),
+                               expand_context(uncond, n, "uncond").to(device, dtype),
+                               config.guidance, config.sampling_steps))
+        advance(n)
+    return out
+
+
 def attack(
     base: Denoiser,
     erased: Denoiser | Erasure,
@@ -289,19 +306,9 @@ def attack(
                                     config.lr, bound, generator,
                                     lambda step, loss: advance(1) or False)
         evals += learned.grad_evals
-        images, plain = [], []
-        with torch.no_grad():
-            for ctx, out in ((learned.context, images), (cond, plain)):
-                for i in range(0, n_eval, config.batch):
-                    x = x_T[i : i + config.batch]
-                    n = x.shape[0]
-                    device, dtype = module_device(model.module), module_dtype(model.module)
-                    x0 = ddim_sample(model, x.to(device, dtype),
-                                     expand_context(ctx, n).to(device, dtype),
-                                     expand_context(uncond, n, "uncond").to(device, dtype),
-                                     config.guidance, config.sampling_steps)
-                    out.append(x0)
-                    advance(n)
+        # the same seeds with the learned conditioning, then with the plain concept prompt
+        images = _sample(model, learned.context, uncond, x_T, config, advance)
+        plain = _sample(model, cond, uncond, x_T, config, advance)
         evals += 2 * n_eval * config.sampling_steps * cfg_evals
     images_t = torch.cat([decode(x).float().clamp(0, 1).cpu() for x in images])
     plain_t = torch.cat([decode(x).float().clamp(0, 1).cpu() for x in plain])

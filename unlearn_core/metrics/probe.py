@@ -130,6 +130,17 @@ def _decode_all(decode: Decode, x: Tensor, batch_size: int) -> Tensor:
                       for i in range(0, x.shape[0], batch_size)])
 
 
+def _start_noise(config: ProbeConfig, x_T: Tensor | None, latent_shape: Sequence[int] | None
+                 ) -> Tensor:
+    """The given ``x_T``, or one noise image per seed of ``config.seeds`` at ``latent_shape``."""
+    if x_T is not None:
+        return x_T
+    if latent_shape is None:
+        raise ConfigError("latent_shape", None, "neither x_T nor the latent shape given",
+                          "pass latent_shape=(C, h, w) (SD-1 at 512 px: (4, 64, 64))")
+    return initial_noise(config.seeds, latent_shape)
+
+
 @torch.no_grad()
 def partial_diffusion_probe(
     base: Denoiser,
@@ -149,11 +160,7 @@ def partial_diffusion_probe(
     UNet step of each batch (a CFG pair counts once); returning True cancels (raises ``Cancelled``).
     """
     n = config.sampling_steps
-    if x_T is None:
-        if latent_shape is None:
-            raise ConfigError("latent_shape", None, "neither x_T nor the latent shape given",
-                              "pass latent_shape=(C, h, w) (SD-1 at 512 px: (4, 64, 64))")
-        x_T = initial_noise(config.seeds, latent_shape)
+    x_T = _start_noise(config, x_T, latent_shape)
     device, dtype = module_device(base.module), module_dtype(base.module)
     batch = x_T.shape[0]
     x_T = x_T.to(device, dtype)
