@@ -14,4 +14,5 @@ ADVANCED_FIELDS = (
     "uce_preserve_scale", "uce_guide", "uce_token", "seed", "gradient_checkpointing",
     "contexts", "trajectory_from",
     "robust", "robust_every", "robust_inner_steps", "robust_tokens", "robust_weight",
+    "trajectories_per_step",
 )

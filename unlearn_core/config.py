@@ -163,6 +163,14 @@ class EraseConfig:
         4, "Training steps that share one sampled trajectory (1 = a fresh one every step, as SDD).",
         min=1, ui=dict(max=1000),
     )
+    trajectories_per_step: int = _f(
+        1, "Trajectories that feed one step: each step trains this many groups of batch_size "
+        "states, each group from its own trajectory and its own concept (or context), so a step "
+        "sees trajectories_per_step x batch_size states. Data-parallel runs: set it to a "
+        "multiple of the number of processes, so that each process samples only its own "
+        "trajectories. The result depends on it and the seed, not on the number of processes.",
+        min=1, ui=dict(max=256),
+    )
     timestep_weighting: str = _f(
         "snr", "none (SDD), or snr: weight each state by sqrt(1/alpha_bar - 1) (x0-space), which "
         "favours the high-noise steps that decide the concept.", choices=WEIGHTINGS,
