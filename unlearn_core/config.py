@@ -295,7 +295,11 @@ RECIPES: dict[str, dict[str, Any]] = {
     "sdd-paper": dict(sampling_steps=50, batch_size=1, trajectory_reuse=1, timestep_weighting="none",
                       parametrization="full", selection="xattn", target_from="student",
                       result="teacher", lr=1e-5, steps=1500, ema_decay=0.999,
-                      contexts=("{}",), trajectory_from="joint"),
+                      contexts=("{}",), trajectory_from="joint",
+                      # SDD's own values, pinned so that retuned defaults never change this loop
+                      # (tests/test_trainer.py runs it against benchmarks/reference_sdd.py)
+                      objective="sdd", loss="l2", guidance=3.0, weight_decay=1e-4, grad_clip=1.0,
+                      method="train", retain_weight=0.0, robust="none"),
     "fast": _FAST,
     # the fast loop with a rank-8 LoRA instead of a full delta: far less optimizer memory
     "fast-lora": _FAST | dict(parametrization="lora", lora_rank=8, lora_alpha=8.0, lr=1e-4),
