@@ -45,11 +45,26 @@ class ReferenceSDD:
         self.student_d = DiffusersDenoiser(self.student, alphas_cumprod)
         self.teacher_d = DiffusersDenoiser(self.teacher, alphas_cumprod)
 
+    # The loop's three random draws, in the order it makes them: the trajectory's length, its
+    # z_T, the training timestep in the band of the state reached. (tests/test_trainer.py
+    # overrides them to feed the trainer's draws to this loop.)
+    def _depth(self) -> int:
+        """n ~ U{0..N-1}."""
+        return int(torch.randint(0, self.steps, (1,), generator=self.g))
+
+    def _noise(self) -> torch.Tensor:
+        """z_T ~ N(0, I), (1, 4, res, res)."""
+        return torch.randn(1, 4, self.res, self.res, generator=self.g)
+
+    def _timestep(self, n: int) -> int:
+        """A DDPM timestep in the band of DDIM step n."""
+        return band_timestep(n, self.steps, 1000, self.g)
+
     @torch.no_grad()
     def _sample(self, n: int) -> torch.Tensor:
         ts = ddim_timesteps(self.steps)
         dev = self.c.device
-        x = torch.randn(1, 4, self.res, self.res, generator=self.g).to(dev)
+        x = self._noise().to(dev)
         for k in range(n):
             t = ts[k].reshape(1).to(dev)
             eps_c = self.teacher_d(x, t, self.c)  # separate passes, as the official code
@@ -64,9 +79,9 @@ class ReferenceSDD:
         """One training step; ``n`` = the trajectory length (random, as the official code, when
         None)."""
         if n is None:
-            n = int(torch.randint(0, self.steps, (1,), generator=self.g))
+            n = self._depth()
         x = self._sample(n)
-        t = torch.tensor([band_timestep(n, self.steps, 1000, self.g)]).to(x.device)
+        t = torch.tensor([self._timestep(n)]).to(x.device)
         with torch.no_grad():
             target = self.student_d(x, t, self.e)
         eps = self.student_d(x, t, self.c)
@@ -79,7 +94,7 @@ class ReferenceSDD:
             for pt, ps in zip(self.teacher.parameters(), self.student.parameters()):
                 pt.lerp_(ps, 1 - self.decay)
         self.unet_evals += 2
-        return float(loss)
+        return float(loss.detach())
 
     def run(self, steps: int, stratified: bool = False, sync=lambda: None) -> list[float]:
         """Time ``steps`` steps. ``stratified``: trajectory lengths evenly spread over 0..N-1
