@@ -71,12 +71,19 @@ def test_uce_through_erase_returns_a_result_on_to_k_to_v():
     assert set(res.deltas) == set(select_layers(d.module, "xattn-kv"))
     assert res.metadata["condition_number"] >= 1 and res.metadata["method"] == "uce"
     assert all(torch.equal(v, before[k]) for k, v in d.module.state_dict().items())
-    # The edited to_k maps the concept's last token (and after) close to the empty prompt's.
-    name = next(n for n in res.deltas if n.endswith("to_k"))
-    layer = dict(d.module.named_modules())[name]
-    c = cond.concepts[0][0, 2:]
-    g = cond.empty[0, :len(c)]
-    w, dw = layer.weight.detach(), res.deltas[name].weight()
-    assert ((w + dw) @ c.T - w @ g.T).norm() < (w @ c.T - w @ g.T).norm()
+    # Every edited projection (to_k and to_v) maps each concept's tokens from its last real one
+    # to the guide's (the empty prompt's) outputs, and the retain prompt's tokens to their own.
+    # Measured on this fixture: the concept's gap shrinks to <= 2.7% of what it was, the retain
+    # prompt's projections move by <= 1.2% of their norm; bounds 10% and 5% (~4x margin).
+    modules = dict(d.module.named_modules())
+    for name, delta in res.deltas.items():
+        w, dw = modules[name].weight.detach(), delta.weight()
+        for i, last in enumerate(cond.concept_last_token):
+            c = cond.concepts[i][0, last:]
+            g = cond.empty[0, :len(c)]
+            gap_after = ((w + dw) @ c.T - w @ g.T).norm()
+            assert gap_after < 0.10 * (w @ c.T - w @ g.T).norm(), (name, i)
+        r = cond.retain[0][0, cond.retain_last_token[0]:]
+        assert (dw @ r.T).norm() < 0.05 * (w @ r.T).norm(), name
     with pytest.raises(ConfigError, match="uce_lambda"):
         EraseConfig(concepts=("a",), method="uce", uce_lambda=0)
