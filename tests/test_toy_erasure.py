@@ -47,9 +47,12 @@ def test_uce_erases_a_shape(world):
     before = evaluate(model, judges, ["cross"], repeats=2, with_clip=False)
     result = erase_toy(model, toy_config(["cross"], method="uce"))
     after = evaluate(model, judges, ["cross"], result, repeats=2, with_clip=False)
-    print(f"UCE on the toy world: efficacy {before.efficacy:.2f} -> {after.efficacy:.2f}, "
-          f"retention {retention_ratio(after, before):.3f}")
-    assert after.efficacy < before.efficacy
+    # Measured (BENCHMARKS.md, shape/uce): efficacy 1.00 -> 0.54 at retention 1.000, the same
+    # prompts and evaluation noise before and after, and a closed form: no training noise.
+    # A drop of at least 0.25 (measured 0.46) with retention >= 0.95 leaves room for rounding.
+    assert before.efficacy >= 0.8
+    assert after.efficacy <= before.efficacy - 0.25, (before.efficacy, after.efficacy)
+    assert retention_ratio(after, before) >= 0.95
 
 
 @pytest.mark.parametrize("concept", ["cross", "red", "solid"])  # a shape, a colour, a texture
