@@ -114,18 +114,10 @@ def save_tiny_clip(model: torch.nn.Module, path: str | Path, dtype: torch.dtype 
 
 def read_tiny_clip(path: str | Path) -> torch.nn.Module:
     """The tiny CLIP from a file written by ``save_tiny_clip`` (float32, eval mode, CPU)."""
-    from safetensors import safe_open
+    from .tagged import read_tagged
 
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
-        if metadata.get("format") != FORMAT:
-            from ..errors import FileFormatError
-
-            raise FileFormatError(
-                f"{path} is not an Unlearn tiny CLIP file (metadata format = {metadata.get('format')!r}, "
-                f"expected {FORMAT!r}). Fix: pass the file written by scripts/train_tiny_clip.py."
-            )
-        state = {k: f.get_tensor(k).float() for k in f.keys()}
+    tensors, _ = read_tagged(path, FORMAT, "tiny CLIP", "scripts/train_tiny_clip.py")
+    state = {k: v.float() for k, v in tensors.items()}
     model = new_tiny_clip()
     model.load_state_dict(state)
     return model.eval().requires_grad_(False)

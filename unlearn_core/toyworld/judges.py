@@ -72,18 +72,9 @@ def save_judges(judges: dict[str, Judge], path: str | Path, extra: dict | None =
 
 def read_judges(path: str | Path) -> dict[str, Judge]:
     """The three judges from a file written by ``save_judges`` (eval mode, CPU, no grad)."""
-    from safetensors import safe_open
+    from .tagged import read_tagged
 
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
-        if metadata.get("format") != FORMAT:
-            from ..errors import FileFormatError
-
-            raise FileFormatError(
-                f"{path} is not an Unlearn judges file (metadata format = {metadata.get('format')!r}, "
-                f"expected {FORMAT!r}). Fix: pass the file written by scripts/train_judges.py."
-            )
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    tensors, metadata = read_tagged(path, FORMAT, "judges", "scripts/train_judges.py")
     classes = json.loads(metadata["classes"])
     judges = {}
     for axis, names in classes.items():

@@ -206,19 +206,10 @@ def save_toy_model(
 
 def read_toy_model(path: str | Path) -> ToyModel:
     """Rebuild a toy model from a file written by ``save_toy_model`` (float32, eval mode, CPU)."""
-    from safetensors import safe_open
+    from .tagged import read_tagged
 
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
-        if metadata.get("format") != FORMAT:
-            from ..errors import FileFormatError
-
-            raise FileFormatError(
-                f"{path} is not an Unlearn toy model file (metadata format = "
-                f"{metadata.get('format')!r}, expected {FORMAT!r}). Fix: pass the file written "
-                "by scripts/train_toy_model.py."
-            )
-        tensors = {k: f.get_tensor(k).float() for k in f.keys()}
+    tensors, metadata = read_tagged(path, FORMAT, "toy model", "scripts/train_toy_model.py")
+    tensors = {k: v.float() for k, v in tensors.items()}
     text_config = TextEncoderConfig(**json.loads(metadata["text_encoder_config"]))
     unet_config = json.loads(metadata["unet_config"])
     unet_config = {k: (tuple(v) if isinstance(v, list) else v) for k, v in unet_config.items()}
