@@ -1,18 +1,26 @@
 """Data-parallel erasure on ``torch.distributed``, and randomness keyed by what it is for.
 
 Launched by ``torchrun`` (WORLD_SIZE > 1 in the environment), every rank runs the same trainer on
-its share of the global batch: ``config.batch_size`` slots per step, slots [a, b) on a rank. What
-keeps the result independent of the world size:
+its share of the global batch. A step's global batch is ``trajectories_per_step`` (G) groups of
+``batch_size`` states, each group from its own trajectory, for its own concept and pair; the loss
+is the mean of the groups' losses. ``Parallel.share`` says what a rank handles:
+
+- whole groups, when G is a multiple of the world size W: rank r takes groups
+  [r*G/W, (r+1)*G/W), samples only their trajectories and computes only their losses (divided by
+  G). No activations cross the ranks: every group's loss, Cramér-Wold (a distance between the
+  states of one trajectory) included, needs its own states only. This is the scale-out path;
+- otherwise slots of every group (``batch_size`` must then split evenly over the ranks): each rank
+  samples every group's trajectory (no gradient, replicated) and takes slots [a, b) of each group;
+  the predictions of a group are gathered (``gather``: gradients flow back to each rank's own
+  slots) and every rank computes the whole loss. G = 1 (the default) on several ranks runs so.
+
+What keeps the result independent of the world size:
 
 - every random draw is keyed, not taken from a shared stream: ``keyed_generator(seed, *key)``
-  gives a generator seeded from (seed, step or trajectory, slot, purpose), so a rank that handles
-  slots [a, b) draws exactly what one process draws for those slots;
-- draws that belong to the whole step (the trajectory, the depths of its states, the pair trained,
-  the sliced Cramér-Wold directions) are keyed without a slot and drawn alike on every rank; the
-  states of one step come from one shared trajectory, which every rank samples (no gradient);
-- the loss is computed on the whole batch on every rank (``gather``: the predictions of all
-  slots, gradients flowing back to each rank's own slots only), so Cramér-Wold, a distance between
-  sets, is the single-process one too;
+  gives a generator seeded from (seed, draw or trajectory, slot, purpose), so a rank that handles
+  a group, or slots [a, b) of it, draws exactly what one process draws for them;
+- draws that belong to a whole group (its trajectory, the depths of its states, the pair it
+  trains, its sliced Cramér-Wold directions) are keyed without a slot, alike on every rank;
 - the gradients of the trained tensors are summed across ranks (``reduce_gradients``) before
   clipping and AdamW, so every rank takes the same step and keeps the same EMA teacher.
 
@@ -58,6 +66,17 @@ def keyed_generator(seed: int, *key: object) -> torch.Generator:
 
 
 @dataclass(frozen=True)
+class Share:
+    """What one rank handles of every step: ``groups`` (their indices in the step) and, of each
+    of them, ``slots``. ``by_slots``: the groups are split by slots over the ranks (every rank
+    samples every group's trajectory) instead of handed out whole."""
+
+    groups: range
+    slots: range
+    by_slots: bool = False
+
+
+@dataclass(frozen=True)
 class Parallel:
     """This process's place in a data-parallel run (world_size 1: a plain single process)."""
 
@@ -73,13 +92,23 @@ class Parallel:
         return self.rank == 0
 
     def slots(self, batch: int) -> range:
-        """The slots of the global batch this rank handles."""
+        """The slots of a group of ``batch`` states this rank handles."""
         if batch % self.world_size:
             raise ConfigError("batch_size", batch, f"does not split evenly over {self.world_size} "
-                              "processes", "set batch_size to a multiple of the number of "
-                              "processes (torchrun --nproc_per_node x --nnodes)")
+                              "processes", "set trajectories_per_step to a multiple of the "
+                              "number of processes (torchrun --nproc_per_node x --nnodes), so "
+                              "that each process takes whole trajectories, or batch_size to one")
         share = batch // self.world_size
         return range(self.rank * share, (self.rank + 1) * share)
+
+    def share(self, groups: int, batch: int) -> Share:
+        """What this rank handles of a step of ``groups`` groups of ``batch`` states: whole groups
+        when they split evenly over the ranks, else slots of every group (see the module
+        docstring); a ConfigError when neither splits."""
+        if groups % self.world_size == 0:
+            n = groups // self.world_size
+            return Share(range(self.rank * n, (self.rank + 1) * n), range(batch))
+        return Share(range(groups), self.slots(batch), by_slots=True)
 
     def gather(self, x: Tensor) -> Tensor:
         """The rows of every rank, in slot order. Gradient flows back to this rank's rows only:
@@ -106,6 +135,14 @@ class Parallel:
         out = values.detach().clone()
         if self.active:
             _collective(dist.all_reduce, out)
+        return out
+
+    def gather_objects(self, obj: object) -> list:
+        """Every rank's ``obj`` (picklable, small: CPU tensors, counts), in rank order."""
+        if not self.active:
+            return [obj]
+        out: list = [None] * self.world_size
+        _collective(dist.all_gather_object, out, obj)
         return out
 
     def all_succeeded(self, ok: bool) -> bool:
@@ -169,7 +206,8 @@ def from_environment(device: torch.device | None = None) -> Parallel:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         timeout = datetime.timedelta(seconds=timeout_seconds())
         try:
-            dist.init_process_group("nccl" if cuda else "gloo", timeout=timeout)
+            # with CUDA, gloo still carries the CPU tensors (counts, checkpoint parts)
+            dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo", timeout=timeout)
         except (RuntimeError, ValueError) as e:
             raise RankFailure(f"could not join the data-parallel run ({_first_line(e)}). Fix: "
                               "start every process with the same torchrun rendezvous flags, "

@@ -178,6 +178,8 @@ def kohya_metadata(deltas: Mapping[str, Delta], metadata: Mapping[str, Any]) -> 
                                        f"{concepts} ({config.get('loss', 'l2')} loss)")
         steps, lr = config.get("steps"), config.get("lr")
         batch = config.get("batch_size")
+        # the states of a step: a group of batch_size per trajectory
+        total = batch * config.get("trajectories_per_step", 1) if isinstance(batch, int) else batch
         px = 8 * int(config.get("resolution", 64))
         meta.update({
             "ss_max_train_steps": str(steps), "ss_steps": str(steps),
@@ -186,7 +188,7 @@ def kohya_metadata(deltas: Mapping[str, Delta], metadata: Mapping[str, Any]) -> 
             "ss_optimizer": (f"torch.optim.adamw.AdamW(weight_decay={config.get('weight_decay')},"
                              "betas=(0.9, 0.999))"),
             "ss_max_grad_norm": str(config.get("grad_clip")),
-            "ss_batch_size_per_device": str(batch), "ss_total_batch_size": str(batch),
+            "ss_batch_size_per_device": str(batch), "ss_total_batch_size": str(total),
             "ss_gradient_accumulation_steps": "1",
             "ss_gradient_checkpointing": str(bool(config.get("gradient_checkpointing", False))),
             "ss_resolution": f"({px}, {px})",

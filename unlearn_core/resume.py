@@ -2,9 +2,11 @@
 
 A checkpoint holds the whole ``TrainState`` of a run: the trained tensors, the EMA teacher's
 shadow, AdamW's state, the steps done, the loss history, the UNet evaluation counts, and the
-trajectory the sampler holds (a trajectory serves ``trajectory_reuse`` steps, and a resumed run
-continues on it). Every random draw is keyed by (seed, step, ...), so nothing else is needed for
-the steps after it to be the ones an uninterrupted run takes. It records the config's hash and the
+trajectory each group's sampler holds (a trajectory serves ``trajectory_reuse`` steps, and a
+resumed run continues on it; with ``trajectories_per_step`` > 1 there is one per group, gathered
+from the process that samples it, so a run can resume on another number of processes). Every
+random draw is keyed by (seed, step, ...), so nothing else is needed for the steps after it to be
+the ones an uninterrupted run takes. It records the config's hash and the
 base weights' hash, and a resume refuses a checkpoint of other settings or other weights.
 
 The file is ``<output>.ckpt``, written by the first process only, to a temporary file renamed
@@ -31,7 +33,7 @@ if TYPE_CHECKING:
     from .trainer import Run, TrainState
 
 FORMAT = "unlearn.training-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: one held trajectory per group (trajectories_per_step)
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,12 @@ def check_resumable(path: Path, config: EraseConfig) -> dict[str, Any]:
 def save_checkpoint(path: Path, run: Run, state: TrainState) -> None:
     """Write ``state`` (every process calls this: the counts are summed; the first writes)."""
     evals = run.parallel.sum(torch.tensor(
-        [state.evals.nograd, state.evals.grad, state.evals.adversarial], dtype=torch.float64))
+        [state.evals.nograd, state.evals.grad, state.evals.adversarial, state.evals.sampling],
+        dtype=torch.float64))
+    held = {str(g): sampler.state_dict()
+            for g, sampler in zip(run.share.groups, run.samplers, strict=True)}
+    if not run.share.by_slots:  # each process holds its own groups' trajectories
+        held = {g: h for part in run.parallel.gather_objects(held) for g, h in part.items()}
     if not run.parallel.is_main:
         return
     params = list(state.deltas.parameters())
@@ -113,7 +120,7 @@ def save_checkpoint(path: Path, run: Run, state: TrainState) -> None:
         "deltas": [p.detach().cpu().clone() for p in params],
         "teacher": [t.detach().cpu().clone() for t in state.teacher],
         "optimizer": state.optimizer.state_dict(),
-        "sampler": run.sampler.state_dict(),
+        "samplers": held,
     }
     tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(6)}")
     try:
@@ -142,10 +149,12 @@ def load_checkpoint(path: Path, run: Run, state: TrainState) -> bool:
             t.copy_(saved.to(t.device))
     state.optimizer.load_state_dict(data["optimizer"])
     state.step, state.history = int(data["step"]), list(data["history"])
-    from .trainer import choose_pair  # (trainer imports this module)
+    from .trainer import aim_samplers  # (trainer imports this module)
 
-    choose_pair(run, state.step)  # the sampler's prompt: the held trajectory's
-    run.sampler.load_state_dict(data["sampler"])
+    aim_samplers(run, state.step)  # the samplers' prompts: the held trajectories'
+    for g, sampler in zip(run.share.groups, run.samplers, strict=True):
+        sampler.load_state_dict(data["samplers"][str(g)])
     if run.parallel.is_main:  # the counts are every process's, summed: kept once
-        state.evals.nograd, state.evals.grad, state.evals.adversarial = data["evals"]
+        (state.evals.nograd, state.evals.grad, state.evals.adversarial,
+         state.evals.sampling) = data["evals"]
     return True

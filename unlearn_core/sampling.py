@@ -9,11 +9,13 @@ Training states (SDD, Kim et al. 2023): from z_T ~ N(0, I) run the first n ~ U{0
 with the EMA teacher, then label the state with a DDPM timestep drawn inside the band of the step
 reached. n = 0 means z_T itself (the official code runs the whole trajectory then; we do not).
 
-Randomness is keyed (``distributed.keyed_generator``), so that any share of a step's batch can be
+Randomness is keyed (``distributed.keyed_generator``), so that any share of the states can be
 drawn alone, by one process of a data-parallel run: the trajectory's z_T by (seed, trajectory
-index); the depths of a step's states (distinct while batch <= N) by (seed, step), a permutation
-of which slot s takes element s; each state's timestep in its band by (seed, step, slot). All the
-states of one step share one trajectory, which every process that draws from it runs in full.
+index); the depths of one draw's states (distinct while batch <= N) by (seed, draw), a permutation
+of which slot s takes element s; each state's timestep in its band by (seed, draw, slot). A draw
+is one group of states from one trajectory: the trainer's step n, or with several trajectories a
+step (``trajectories_per_step`` = G) draw n*G + g for its group g. Every process that draws from a
+trajectory runs it in full (no gradient).
 
 With ``keep_uncond`` the sampler also keeps the teacher's empty-prompt prediction at every state,
 which the guided pass computes anyway: that is the SDD target for a teacher target at no extra
@@ -130,6 +132,7 @@ class EvalCounter:
     nograd: int = 0
     grad: int = 0
     adversarial: int = 0  # of nograd + grad: spent by robust="adversarial"
+    sampling: int = 0  # of nograd: spent by the trajectory sampler
 
     @property
     def total(self) -> int:
@@ -188,6 +191,7 @@ class TrajectorySampler:
         self.unet_evals += spent
         if self.evals is not None:
             self.evals.nograd += spent
+            self.evals.sampling += spent
         self._states, self._uncond = states, uncond
 
     def depths(self, batch: int, step: int) -> list[int]:
@@ -197,23 +201,25 @@ class TrajectorySampler:
             return torch.randperm(self.num_steps, generator=g)[:batch].tolist()
         return torch.randint(0, self.num_steps, (batch,), generator=g).tolist()
 
-    def draw(self, batch: int, step: int | None = None, slots: range | None = None
-             ) -> TrainingStates:
-        """The states of ``slots`` (default: all) of step ``step``'s batch of ``batch`` states at
-        distinct random DDIM steps (with replacement if batch > N). ``step`` defaults to the
-        number of draws so far.
+    def draw(self, batch: int, step: int | None = None, slots: range | None = None,
+             trajectory: int | None = None) -> TrainingStates:
+        """The states of ``slots`` (default: all) of draw ``step``'s batch of ``batch`` states at
+        distinct random DDIM steps (with replacement if batch > N), from trajectory
+        ``trajectory`` (default ``step // reuse``). ``step`` defaults to the number of draws so
+        far.
 
         Call under the weights that should sample (the EMA teacher); no gradient is kept.
         """
         step = self._draws if step is None else step
+        trajectory = step // self.reuse if trajectory is None else trajectory
         slots = range(batch) if slots is None else slots
         every = self.depths(batch, step)
         idx = [every[s] for s in slots]
-        if self._trajectory != step // self.reuse:
+        if self._trajectory != trajectory:
             # A trajectory that serves later steps too is run as far as any draw can need; a
             # single-use one only as far as these states need (on average half the steps). Kept
             # predictions are made *at* a state, so they need one step more than the state.
-            self._trajectory = step // self.reuse
+            self._trajectory = trajectory
             last = self.num_steps - 1 if self.reuse > 1 else max(idx)
             self._sample(last + 1 if self.keep_uncond else last)
         self._draws = step + 1

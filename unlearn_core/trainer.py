@@ -7,17 +7,20 @@ is ``prepare`` (what every step reads: the model, the prompts, the sampler, the 
 ``TrainState`` (what the steps change: the trained tensors, the EMA teacher's shadow, AdamW, the
 step counter, the loss history, the evaluation counts) and ``step``, which runs one step:
   1. with the EMA teacher's weights swapped in and no grad, draw ``batch_size`` states z_t from a
-     guided DDIM trajectory of the prompt being trained (``sampling.TrajectorySampler``);
+     guided DDIM trajectory of the prompt being trained (``sampling.TrajectorySampler``); with
+     ``trajectories_per_step`` = G > 1, G such groups, each from its own trajectory, for its own
+     concept and pair (group g of step n is trajectory (n // trajectory_reuse) * G + g);
   2. target (no grad): the anchor's prediction (sdd; of the student, of the teacher, of the base
      model, or the teacher's kept from sampling) or the base model's negative guidance (esd);
-  3. student prediction for the prompt, with grad; loss D(student, target) (``losses.build_loss``);
+  3. student prediction for the prompt, with grad; loss D(student, target) (``losses.build_loss``)
+     per group, the step's loss the mean over the groups;
   4. optional retain term (student vs. base on a retain prompt) and robust term (``robust.py``);
   5. AdamW step with grad-norm clip; EMA update of the teacher's shadow.
 The trainer holds no global state: device and randomness come from the model and the config.
-Every random draw is keyed by (seed, step, slot, purpose), so a data-parallel run (``Parallel``:
-each process handles a share of the batch's slots, ``distributed.py``) gives the single process's
-result; ``resume.py`` writes and reads the ``TrainState`` of a run, which continues to the same
-result.
+Every random draw is keyed by (seed, draw, slot, purpose), so a data-parallel run (``Parallel``:
+each process handles whole groups, or a share of every group's slots, ``distributed.py``) gives the
+single process's result; ``resume.py`` writes and reads the ``TrainState`` of a run, which
+continues to the same result.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from .conditioning import Conditioning
 from .config import EraseConfig
 from .delta import DeltaSet
 from .denoiser import Denoiser, module_device, module_dtype
-from .distributed import Parallel, key_seed, keyed_generator
+from .distributed import Parallel, Share, key_seed, keyed_generator
 from .errors import Cancelled, ConfigError, TrainingError
 from .losses import LOSSES, StepLoss, TimestepCoefficients, build_loss, timestep_coefficients
 from .objectives import esd_target, sdd_target
@@ -122,13 +125,18 @@ class Run:
     loss: StepLoss
     loss_generator: torch.Generator  # re-seeded every step: the sliced Cramér-Wold directions
     coefficients: TimestepCoefficients
-    sampler: TrajectorySampler
+    samplers: list[TrajectorySampler]  # one per group this process handles, each its trajectory
     robust: object | None  # robust.AdversarialTerm
     kept_target: bool  # the SDD target is the teacher's prediction kept from sampling
     layers: dict[str, torch.nn.Module]
     base_hash: str
     parallel: Parallel
-    slots: range  # the slots of every step's batch this process handles
+    share: Share  # the groups of every step, and the slots of each, this process handles
+
+    @property
+    def sampler(self) -> TrajectorySampler:
+        """The first group's sampler (the only one with trajectories_per_step = 1)."""
+        return self.samplers[0]
 
 
 @dataclass
@@ -159,7 +167,7 @@ def prepare(denoiser: Denoiser, conditioning: Conditioning, config: EraseConfig,
     """Everything one erasure needs before its first step; nothing is attached to the model yet."""
     check_inputs(conditioning, config)
     parallel = parallel or Parallel()
-    slots = parallel.slots(config.batch_size)
+    share = parallel.share(config.trajectories_per_step, config.batch_size)
     module = denoiser.module
     device, dtype = module_device(module), module_dtype(module)
     layers = select_layers(module, config.selection)
@@ -174,10 +182,10 @@ def prepare(denoiser: Denoiser, conditioning: Conditioning, config: EraseConfig,
     shape = (getattr(denoiser, "in_channels", 4), config.resolution, config.resolution)
     # The teacher's empty-prompt prediction is computed by every guided sampling pass anyway.
     kept = config.objective == "sdd" and config.target_from == "trajectory"
-    sampler = TrajectorySampler(
+    samplers = [TrajectorySampler(
         denoiser, shape, cond.trajectory if cond.trajectory is not None else cond.concepts[0],
         cond.empty, config.guidance, config.sampling_steps, config.seed, device, dtype,
-        config.trajectory_reuse, keep_uncond=kept, evals=evals)
+        config.trajectory_reuse, keep_uncond=kept, evals=evals) for _ in share.groups]
     robust = None
     if config.robust == "adversarial":  # the inner attack and its term live in robust.py
         from .robust import AdversarialTerm
@@ -189,27 +197,91 @@ def prepare(denoiser: Denoiser, conditioning: Conditioning, config: EraseConfig,
               held=list(cond.retain) if config.retain_weight > 0 else [],
               loss=build_loss(config, loss_generator := torch.Generator()),
               loss_generator=loss_generator,
-              coefficients=timestep_coefficients(denoiser.alphas_cumprod), sampler=sampler,
+              coefficients=timestep_coefficients(denoiser.alphas_cumprod), samplers=samplers,
               robust=robust, kept_target=kept, layers=layers,
-              base_hash=weights_hash(module, layers), parallel=parallel, slots=slots)
+              base_hash=weights_hash(module, layers), parallel=parallel, share=share)
     return run, state
 
 
-def choose_pair(run: Run, n: int) -> tuple[Tensor, Tensor, int]:
-    """The (prompt, anchor, concept index) step ``n`` trains: a function of the step alone."""
+@dataclass
+class Group:
+    """One group of a step's batch: the pair it trains, its trajectory, and (once drawn) its
+    states and their target."""
+
+    index: int  # g: its place among the step's trajectories_per_step groups
+    draw: int  # n * G + g: keys its states' depths and timesteps and its loss's directions
+    trajectory: int  # (n // trajectory_reuse) * G + g: keys its z_T
+    prompt: Tensor
+    anchor: Tensor
+    concept: int
+    states: TrainingStates | None = None
+    target: Tensor | None = None
+
+
+def choose_pair(run: Run, n: int, g: int = 0) -> Group:
+    """What group ``g`` of step ``n`` trains, from which trajectory: a function of (n, g) alone.
+    The concepts are taken in turn over the trajectories, so with several concepts the groups of
+    one step train different ones."""
     cfg = run.config
+    per_step = cfg.trajectories_per_step
+    draw, trajectory = n * per_step + g, (n // cfg.trajectory_reuse) * per_step + g
     if cfg.trajectory_from == "joint":
-        # SDD: one joint trajectory prompt; the concepts are taken in turn, step by step
-        i = n % len(run.cond.concepts)
-        return run.cond.concepts[i], run.cond.empty, i
+        # SDD: one joint trajectory prompt; the concepts are taken in turn, group by group
+        i = draw % len(run.cond.concepts)
+        return Group(g, draw, trajectory, run.cond.concepts[i], run.cond.empty, i)
     # each trajectory from the prompt it trains, the concepts in turn; the pair (the bare concept
     # or one of its contexts) drawn at random, once per trajectory
-    trajectory = n // cfg.trajectory_reuse
     i = trajectory % len(run.tasks)
     pairs = run.tasks[i]
     j = int(torch.randint(len(pairs), (), generator=keyed_generator(cfg.seed, "pair", trajectory)))
-    run.sampler.set_prompt(pairs[j][0])
-    return pairs[j][0], pairs[j][1], i
+    return Group(g, draw, trajectory, pairs[j][0], pairs[j][1], i)
+
+
+def aim_samplers(run: Run, n: int) -> list[Group]:
+    """This process's groups of step ``n``, each sampler set to its group's prompt (a sampler
+    keeps its trajectory while the prompt stays)."""
+    groups = [choose_pair(run, n, g) for g in run.share.groups]
+    if run.config.trajectory_from != "joint":
+        for group, sampler in zip(groups, run.samplers, strict=True):
+            sampler.set_prompt(group.prompt)
+    return groups
+
+
+def draw_groups(run: Run, state: TrainState) -> list[Group]:
+    """This process's groups of the step: their states (this process's slots of each), sampled
+    by the EMA teacher, and their targets; no gradient."""
+    cfg = run.config
+    groups = aim_samplers(run, state.step)
+    with torch.no_grad(), state.deltas.swapped(state.teacher):  # the EMA teacher samples
+        for group, sampler in zip(groups, run.samplers, strict=True):
+            group.states = sampler.draw(cfg.batch_size, group.draw, run.share.slots,
+                                        group.trajectory)
+    for group in groups:
+        group.target = target(run, state, group.states, group.prompt, group.anchor)
+    return groups
+
+
+def _rows(parts: list[Tensor]) -> Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def group_losses(run: Run, groups: list[Group], eps_student: Tensor) -> Tensor:
+    """The step's loss, the mean of its groups' losses, as far as this process holds it: the sum
+    of its own groups' losses / G (whole groups; the sum over the processes is the mean), or the
+    whole mean (split by slots: each group's rows gathered from every process, so a distance
+    between sets such as Cramér-Wold sees the group whole)."""
+    cfg = run.config
+    gather = run.parallel.gather if run.share.by_slots else (lambda x: x)
+    parts = [eps_student] if len(groups) == 1 else eps_student.split(
+        [g.states.x.shape[0] for g in groups])
+    losses = []
+    for group, eps in zip(groups, parts, strict=True):
+        run.loss_generator.manual_seed(key_seed(cfg.seed, "loss", group.draw))
+        losses.append(run.loss(gather(eps), gather(group.target), gather(group.states.t),
+                               run.coefficients))
+    if cfg.trajectories_per_step == 1:
+        return losses[0]
+    return torch.stack(losses).sum() / cfg.trajectories_per_step
 
 
 @torch.no_grad()
@@ -244,32 +316,29 @@ def retain_term(run: Run, state: TrainState, x_t: Tensor, t: Tensor) -> Tensor |
 
 
 def step(run: Run, state: TrainState) -> float:
-    """One training step (see the module docstring) on this process's slots of the batch; returns
-    the whole batch's loss (without the retain and robust terms)."""
+    """One training step (see the module docstring) on this process's groups (or slots) of the
+    batch; returns the whole batch's loss (without the retain and robust terms)."""
     cfg, deltas, par = run.config, state.deltas, run.parallel
-    prompt, anchor, concept = choose_pair(run, state.step)
-    run.loss_generator.manual_seed(key_seed(cfg.seed, "loss", state.step))
-    with torch.no_grad(), deltas.swapped(state.teacher):  # the EMA teacher samples
-        states = run.sampler.draw(cfg.batch_size, state.step, run.slots)
-    x_t, t = states.x, states.t  # this process's slots: (b, C, H, W), (b,)
-    eps_target = target(run, state, states, prompt, anchor)
+    groups = draw_groups(run, state)
+    x_t = _rows([g.states.x for g in groups])  # this process's states: (b, C, H, W)
+    t = _rows([g.states.t for g in groups])  # (b,)
+    prompts = _rows([g.prompt.expand(g.states.x.shape[0], -1, -1) for g in groups])
     # The student's weights enter here, unseen: DeltaSet's forward hooks (attached by `train`)
     # add each trained delta to its layer's output, so this plain UNet call is the student's.
-    eps_student = run.denoiser(x_t, t, prompt.expand(x_t.shape[0], -1, -1))
+    eps_student = run.denoiser(x_t, t, prompts)
     state.evals.grad += x_t.shape[0]
-    # the loss of the whole batch, on every process (gather: identity on one process)
-    loss = run.loss(par.gather(eps_student), par.gather(eps_target), par.gather(t),
-                    run.coefficients)
-    extra = retain_term(run, state, x_t, t)  # the mean over this process's slots
+    loss = group_losses(run, groups, eps_student)
+    extra = retain_term(run, state, x_t, t)  # the mean over this process's states
     if run.robust is not None:  # computed whole by every process
-        extra = extra + run.robust.term(state.step, concept)
+        extra = extra + run.robust.term(state.step, choose_pair(run, state.step).concept)
     # summed over the processes below, each process's share of the mean terms is 1/world
     total = loss + (extra / par.world_size if par.active else extra)
     # .item() waits for the device: the loss must be known finite (on every process: the sum)
     # before AdamW writes it into the weights, and the history keeps plain floats; one sync per
     # step, next to a full forward and backward pass, costs little.
-    if not math.isfinite(par.sum(total).item()):
-        raise TrainingError(f"the loss became {total.item()} at step {state.step + 1} of "
+    sums = par.sum(torch.stack([loss.detach().double(), total.detach().double()]))
+    if not math.isfinite(float(sums[1])):
+        raise TrainingError(f"the loss became {float(sums[1])} at step {state.step + 1} of "
                             f"{cfg.steps}; nothing was written. Fix: lower lr, or use the l2 loss.")
     state.optimizer.zero_grad(set_to_none=True)
     total.backward()
@@ -281,7 +350,8 @@ def step(run: Run, state: TrainState) -> float:
         for shadow, p in zip(state.teacher, deltas.parameters()):
             shadow.lerp_(p.detach(), 1.0 - cfg.ema_decay)
     state.step += 1
-    state.history.append(float(loss.item()))  # the same on every process: no all-reduce needed
+    # the same on every process: split by slots, each holds the whole loss; else the sum
+    state.history.append(float(loss.item()) if run.share.by_slots else float(sums[0]))
     return state.history[-1]
 
 
@@ -337,15 +407,19 @@ def export(run: Run, state: TrainState, seconds: float) -> EraseResult:
     with deltas.swapped(state.teacher) if config.result == "teacher" else contextlib.nullcontext():
         exported = deltas.export()
     canonical = {run.denoiser.canonical_name(n): d for n, d in exported.items()}
-    # every process's evaluations (a data-parallel run's processes each sample the trajectory)
-    nograd, grad, _ = run.parallel.sum(torch.tensor(
-        [state.evals.nograd, state.evals.grad, state.evals.adversarial], dtype=torch.float64)
-    ).long().tolist()
+    # every process's evaluations, summed, and (data-parallel) each one's
+    counts = {"nograd": state.evals.nograd, "grad": state.evals.grad,
+              "sampling": state.evals.sampling}
+    nograd, grad, sampling = run.parallel.sum(torch.tensor(
+        list(counts.values()), dtype=torch.float64)).long().tolist()
     meta = base_metadata(config, run.base_hash, {
         "seconds": round(seconds, 3),
         "unet_evals_nograd": nograd,
         "unet_evals_grad": grad,
-        **({"world_size": run.parallel.world_size} if run.parallel.active else {}),
+        "unet_evals_sampling": sampling,  # of nograd: the trajectories
+        **({"world_size": run.parallel.world_size,
+            "unet_evals_per_process": run.parallel.gather_objects(counts)}
+           if run.parallel.active else {}),
         "layers": len(canonical),
         "context_prompts": sum(len(pairs) - 1 for pairs in run.tasks),
         "trained_parameters": sum(p.numel() for p in deltas.parameters()),

@@ -3,15 +3,18 @@ checkpoints (``--checkpoint-every``, ``--resume``). None of these change the res
 flags of the command, not ``EraseConfig`` fields.
 
 Under ``torchrun`` (WORLD_SIZE > 1) every process runs the same command on its share of each
-step's batch (``unlearn_core.distributed``); the first process alone prints progress and writes
-the file, once every process has reported success; the others end with exit code 0 and write
-nothing.
+step's batch (``unlearn_core.distributed``): whole trajectories when ``trajectories_per_step`` is a
+multiple of the number of processes, else a share of every trajectory's states (each process then
+samples every trajectory itself: slower; the first process says so). The first process alone
+prints progress and writes the file, once every process has reported success; the others end
+with exit code 0 and write nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,8 +77,14 @@ def plan_run(args: argparse.Namespace, config: EraseConfig, out: Path, device=No
 
     plan = CheckpointPlan(checkpoint_path(out), args.checkpoint_every, args.resume)
     check_plan(config, plan)
-    if config.method == "train":
-        Parallel(world_size(), 0).slots(config.batch_size)  # batch_size splits evenly
+    world = world_size()
+    if config.method == "train":  # the batch splits over the processes
+        share = Parallel(world, 0).share(config.trajectories_per_step, config.batch_size)
+        if share.by_slots and os.environ.get("RANK", "0") == "0":
+            print(f"unlearn erase: note: trajectories_per_step = {config.trajectories_per_step} "
+                  f"is not a multiple of the {world} processes, so every process samples every "
+                  "trajectory (only the states are split). Set trajectories_per_step to a "
+                  f"multiple of {world} for each process to sample only its own.", file=sys.stderr)
     if plan.path.exists():
         if plan.resume:
             check_resumable(plan.path, config)
