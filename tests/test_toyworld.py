@@ -22,6 +22,7 @@ from unlearn_core.toyworld import (
     load_toy_model,
     make_batch,
     make_rejects,
+    tiny_clip_scorer,
 )
 from unlearn_core.toyworld.dataset import COLOUR_RGB, DIM, caption, render, shape_masks
 from unlearn_core.toyworld.hashes import ASSETS_DIR, asset_path, recorded_hashes, sha256
@@ -236,3 +237,17 @@ def test_tiny_clip_prefers_the_true_caption():
         s_true = (img * model.encode_text(tokenizer(true), normalize=True)).sum(-1)
         s_swap = (img * model.encode_text(tokenizer(swapped), normalize=True)).sum(-1)
     assert (s_true > s_swap).float().mean().item() >= 0.9
+
+
+def test_the_tiny_clip_scorer_is_the_tiny_clip():
+    """One tiny CLIP: the scorer that the toy evaluation, the demo and the commands' default CLIP
+    use is ``load_tiny_clip``'s model, tokenizer and preprocessing (its preprocess takes [0, 1])."""
+    model, preprocess, tokenizer = load_tiny_clip()
+    scorer = tiny_clip_scorer()
+    assert (scorer.arch, scorer.info["image_norm"]) == ("unlearn-toy-clip", "signed")
+    ours, theirs = model.state_dict(), scorer.model.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    texts = ["a red circle, striped", "a blue cross", ""]
+    assert torch.equal(tokenizer(texts), scorer.tokenizer(texts))
+    images = make_batch(6, seed=7).images
+    assert torch.allclose(scorer.preprocess((images + 1) / 2), preprocess(images), atol=1e-6)

@@ -111,14 +111,14 @@ def load_clip_from_args(args: argparse.Namespace, device: str = "cpu"):
         if arch not in (None, TOY_ARCH):
             raise ConfigError("--clip-weights", None, f"--clip-arch {arch} needs its weights file",
                               "give --clip-weights PATH (a file you downloaded)")
-        from ..toyworld import TINY_CLIP_FILE
-        from ..toyworld.hashes import asset_path
+        from ..toyworld import TINY_CLIP_FILE, asset_path, tiny_clip_scorer
 
         weights = asset_path(TINY_CLIP_FILE)
         if not weights.is_file():
             raise ConfigError("--clip-weights", None, "no CLIP weights given and the toy world's tiny "
                               f"CLIP is missing ({weights})", "give --clip-arch and --clip-weights")
-        arch = TOY_ARCH
+        return tiny_clip_scorer(weights, device=device, image_norm=args.image_norm,
+                                tokenizer_dir=args.tokenizer_dir)
     if arch is None:
         raise ConfigError("--clip-arch", None, "the architecture of --clip-weights is not given",
                           "give --clip-arch (e.g. ViT-B-32) or a JSON model config")

@@ -39,12 +39,13 @@ __all__ = [
     "ASSETS_DIR", "AXES", "COLOURS", "JUDGE_CLASSES", "Judge", "NONE", "PromptSet", "SHAPES",
     "TEXTURES", "ToyBatch", "ToyModel", "WordTokenizer", "accuracy", "all_prompts", "caption",
     "generate", "initial_noise", "judge", "judge_probs", "judged_accuracy", "load_judges",
-    "load_tiny_clip", "load_toy_model", "make_batch", "make_rejects"
+    "load_tiny_clip", "load_toy_model", "make_batch", "make_rejects", "tiny_clip_scorer"
 ]
 
 if TYPE_CHECKING:
     import torch
 
+    from ..metrics.clip_score import ClipModel
     from .dataset import ToyBatch, caption, make_batch, make_rejects
     from .generation import PromptSet, accuracy, all_prompts, generate, initial_noise, judged_accuracy
     from .judges import JUDGE_CLASSES, NONE, Judge, judge, judge_probs
@@ -79,3 +80,14 @@ def load_tiny_clip(
 
     model = read_tiny_clip(path if path is not None else asset_path(TINY_CLIP_FILE, verify))
     return model, toy_image_preprocess, tiny_clip_tokenizer()
+
+
+def tiny_clip_scorer(path: str | Path | None = None, verify: bool = False, **options) -> ClipModel:
+    """The tiny CLIP as the metrics' scorer (``metrics.clip_score.load_clip``: a ``ClipModel``
+    that ``clip_score`` takes), the one the toy evaluation, the demo and the commands' default
+    ``--clip-*`` score with; the same weights as ``load_tiny_clip``'s model. ``options`` go to
+    ``load_clip`` (``device``, ``image_norm``, ...)."""
+    from ..metrics.clip_score import load_clip
+    from .clip import CLIP_NAME
+
+    return load_clip(CLIP_NAME, path if path is not None else asset_path(TINY_CLIP_FILE, verify), **options)

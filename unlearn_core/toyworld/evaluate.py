@@ -74,10 +74,9 @@ class Evaluation:
 
 @lru_cache(maxsize=1)
 def toy_clip():
-    from ..metrics.clip_score import load_clip
-    from . import TINY_CLIP_FILE, asset_path
+    from . import tiny_clip_scorer
 
-    return load_clip("unlearn-toy-clip", asset_path(TINY_CLIP_FILE))
+    return tiny_clip_scorer()
 
 
 def _unit(images: torch.Tensor) -> torch.Tensor:
