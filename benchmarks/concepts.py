@@ -20,10 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -53,6 +55,61 @@ def parse_targets(concepts: str, sets: list[str]) -> list[tuple[str, ...]]:
     return targets
 
 
+_STATE: dict = {}
+
+
+def _init(threads: int) -> None:
+    import torch
+
+    from unlearn_core.toyworld import load_judges, load_toy_model
+
+    torch.set_num_threads(threads)
+    _STATE["model"], _STATE["judges"] = load_toy_model(verify=True), load_judges(verify=True)
+
+
+def _baseline(concepts: tuple[str, ...], repeats: int) -> dict:
+    from unlearn_core.toyworld.evaluate import evaluate, uncond_rate
+    from unlearn_core.toyworld.phrasings import efficacy_by_phrasing
+
+    model, judges = _STATE["model"], _STATE["judges"]
+    base = evaluate(model, judges, concepts, repeats=repeats, with_clip=False)
+    phr = efficacy_by_phrasing(model, judges, concepts)
+    return {"efficacy": base.efficacy, "uncond_rate": uncond_rate(model, judges, concepts),
+            "phrasing": phr["phrasing"], "length": phr["length"], "evaluation": base}
+
+
+def _run(job: tuple[str, int, tuple[str, ...], int]) -> dict:
+    """One erasure with the defaults (or UCE) and its measurement; runs in a worker."""
+    from unlearn_core.toyworld.erasure import erase_toy, toy_config
+    from unlearn_core.toyworld.evaluate import evaluate, retention_ratio
+    from unlearn_core.toyworld.phrasings import efficacy_by_phrasing
+
+    method, seed, concepts, repeats = job
+    model, judges = _STATE["model"], _STATE["judges"]
+    name = ",".join(concepts)
+    if name not in _STATE:  # the untouched model's figures, once per worker and target
+        _STATE[name] = _baseline(concepts, repeats)
+    base = _STATE[name]
+    cfg = toy_config(concepts, seed=seed, **({"method": "uce"} if method == "uce" else {}))
+    t0 = time.perf_counter()
+    res = erase_toy(model, cfg)
+    seconds = time.perf_counter() - t0
+    ev = evaluate(model, judges, concepts, res, repeats=repeats, with_clip=False)
+    phr = efficacy_by_phrasing(model, judges, concepts, res)
+    row = {"concepts": name, "method": method, "seed": seed, "efficacy": ev.efficacy,
+           "floor": base["uncond_rate"], "efficacy_before": base["efficacy"],
+           "retention": retention_ratio(ev, base["evaluation"]),
+           "kept_on_erased_captions": ev.erased_accuracy_other_axes, "seconds": seconds,
+           "unet_evals": res.metadata.get("unet_evals_nograd", 0)
+           + res.metadata.get("unet_evals_grad", 0),
+           "phrasing": phr["phrasing"], "length": phr["length"],
+           "worst_phrasing": max(phr["phrasing"].values()), "config": cfg.to_dict()}
+    print(f"  {name} {method} seed {seed}: efficacy {row['efficacy']:.2f} (floor "
+          f"{row['floor']:.2f}), retention {row['retention']:.3f}, worst phrasing "
+          f"{row['worst_phrasing']:.2f}, {seconds:.0f} s", flush=True)
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--concepts", default="all", help="'all' or a comma list of toy concepts")
@@ -63,7 +120,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="evaluation images per caption")
     ap.add_argument("--no-uce", dest="uce", action="store_false")
     ap.add_argument("--quick", action="store_true", help="red and striped, one seed, 1 repeat")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    ap.add_argument("--jobs", type=int, default=1, help="worker processes")
     ap.add_argument("--out", type=Path, default=Path("concepts-out"))
     ap.add_argument("--table", type=Path, metavar="JSON",
                     help="only print the table (and write the plot) of a concepts.json")
@@ -76,63 +134,24 @@ def main() -> None:
         return
     if args.quick:
         args.concepts, args.set, args.seeds, args.repeats = "red,striped", [], 1, 1
-
     import torch
 
-    from unlearn_core.toyworld import load_judges, load_toy_model
-    from unlearn_core.toyworld.erasure import erase_toy, toy_config
-    from unlearn_core.toyworld.evaluate import evaluate, retention_ratio, uncond_rate
-    from unlearn_core.toyworld.phrasings import efficacy_by_phrasing
-
-    torch.set_num_threads(args.threads)
-    model, judges = load_toy_model(verify=True), load_judges(verify=True)
     targets = parse_targets(args.concepts, args.set)
     args.out.mkdir(parents=True, exist_ok=True)
-    runs: list[dict] = []
-    baselines: dict[str, dict] = {}
     started = time.perf_counter()
-
-    def save() -> None:
-        kept = {k: {f: v for f, v in b.items() if f != "evaluation"} for k, b in baselines.items()}
-        (args.out / "concepts.json").write_text(json.dumps({"runs": runs, "baselines": kept},
-                                                           indent=1))
-
-    for concepts in targets:
-        name = ",".join(concepts)
-        base = evaluate(model, judges, concepts, repeats=args.repeats, with_clip=False)
-        floor = uncond_rate(model, judges, concepts)
-        base_phr = efficacy_by_phrasing(model, judges, concepts)
-        baselines[name] = {"efficacy": base.efficacy, "uncond_rate": floor,
-                           "phrasing": base_phr["phrasing"], "length": base_phr["length"],
-                           "evaluation": base}
-        print(f"[{name}] untouched efficacy {base.efficacy:.2f}, floor {floor:.2f}", flush=True)
     # seed by seed over every target, so a run cut short still covers every concept
-    jobs = [("uce", 0, c) for c in targets] if args.uce else []
-    jobs += [("train", s, c) for s in range(args.first_seed, args.first_seed + args.seeds)
-             for c in targets]
-    for method, seed, concepts in jobs:
-        name = ",".join(concepts)
-        base, floor = baselines[name]["evaluation"], baselines[name]["uncond_rate"]
-        cfg = toy_config(concepts, seed=seed, **({"method": "uce"} if method == "uce" else {}))
-        t0 = time.perf_counter()
-        res = erase_toy(model, cfg)
-        seconds = time.perf_counter() - t0
-        ev = evaluate(model, judges, concepts, res, repeats=args.repeats, with_clip=False)
-        phr = efficacy_by_phrasing(model, judges, concepts, res)
-        row = {"concepts": name, "method": method, "seed": seed, "efficacy": ev.efficacy,
-               "floor": floor, "retention": retention_ratio(ev, base), "seconds": seconds,
-               "unet_evals": res.metadata.get("unet_evals_nograd", 0)
-               + res.metadata.get("unet_evals_grad", 0),
-               "phrasing": phr["phrasing"], "length": phr["length"],
-               "worst_phrasing": max(phr["phrasing"].values()), "config": cfg.to_dict()}
-        runs.append(row)
-        save()
-        print(f"  {name} {method} seed {seed}: efficacy {row['efficacy']:.2f} (floor "
-              f"{floor:.2f}), retention {row['retention']:.3f}, worst phrasing "
-              f"{row['worst_phrasing']:.2f}, {seconds:.0f} s", flush=True)
+    jobs = [("uce", 0, c, args.repeats) for c in targets] if args.uce else []
+    jobs += [("train", s, c, args.repeats)
+             for s in range(args.first_seed, args.first_seed + args.seeds) for c in targets]
+    runs: list[dict] = []
+    with ProcessPoolExecutor(args.jobs, initializer=_init, initargs=(args.threads,)) as pool:
+        for row in pool.map(_run, jobs):
+            runs.append(row)
+            (args.out / "concepts.json").write_text(json.dumps({"runs": runs}, indent=1))
     header = (f"Command: `python benchmarks/concepts.py {' '.join(sys.argv[1:])}`  \n"
-              f"Machine: {platform.machine()}, {torch.get_num_threads()} torch thread(s), torch "
-              f"{torch.__version__}; {datetime.now(timezone.utc):%Y-%m-%d}; "
+              f"Machine: {platform.machine()}, {os.cpu_count()} cores, {args.jobs} worker(s) x "
+              f"{args.threads} torch thread(s), torch {torch.__version__}; load average at the "
+              f"end {os.getloadavg()[0]:.1f}; {datetime.now(timezone.utc):%Y-%m-%d}; "
               f"{time.perf_counter() - started:.0f} s in all.\n\n")
     table = markdown_table(runs)
     (args.out / "concepts.md").write_text(header + table)

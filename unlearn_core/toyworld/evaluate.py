@@ -4,7 +4,10 @@
   calls that concept (on the concept's axis). Lower is better; SDD maps the concept onto the
   unconditional output, so its floor is ``uncond_rate``.
 - retention: the judge's accuracy (mean over shape, colour, texture) on prompts without any
-  erased concept, divided by the untouched model's accuracy on the same prompts and noise.
+  erased concept, divided by the untouched model's accuracy on the same prompts and noise. When
+  the concepts leave no such caption (10 of the 11 items erased at once: every caption names one),
+  it is the same ratio for what the erased captions keep: each caption's attributes that are not
+  erased (a "red circle, striped" with red and striped erased must still be a circle).
 - uncond_rate: share of the untouched model's empty-prompt samples judged to be the concept.
 - CLIP score (unlearn_core.metrics.clip_score, the same function as the nodes and the CLI) of the
   erased and retained generations against their captions, with the toy world's tiny CLIP.
@@ -99,7 +102,7 @@ def evaluate(model: ToyModel, judges: dict, concepts: Sequence[str],
                          steps=steps)
         img_r = generate(model, retained_set.prompts,
                          [seed + RETAINED_SEED_OFFSET + i for i in range(len(retained_set))], steps=steps)
-    pred_e, pred_r = judge(img_e, judges), judge(img_r, judges)
+    pred_e = judge(img_e, judges)
     labels_e, labels_r = erased_set.labels(), retained_set.labels()
     still, pairs = 0, 0
     contained = torch.zeros(len(erased_set), len(AXES), dtype=torch.bool)
@@ -108,7 +111,10 @@ def evaluate(model: ToyModel, judges: dict, concepts: Sequence[str],
         still += int(((pred_e[axis] == idx) & mask).sum())
         pairs += int(mask.sum())
         contained[:, list(AXES).index(axis)] |= mask
-    retention = {a: float((pred_r[a] == labels_r[a]).float().mean()) for a in AXES}
+    retention = {}
+    if len(retained_set):
+        pred_r = judge(img_r, judges)
+        retention = {a: float((pred_r[a] == labels_r[a]).float().mean()) for a in AXES}
     # On erased prompts, the axes that were *not* erased should survive (a red cross -> red).
     other = {}
     for k, a in enumerate(AXES):
@@ -121,7 +127,8 @@ def evaluate(model: ToyModel, judges: dict, concepts: Sequence[str],
 
         clip = toy_clip()
         clip_e = clip_score(clip, _unit(img_e), list(erased_set.prompts), template="{}").mean
-        clip_r = clip_score(clip, _unit(img_r), list(retained_set.prompts), template="{}").mean
+        if len(retained_set):
+            clip_r = clip_score(clip, _unit(img_r), list(retained_set.prompts), template="{}").mean
     return Evaluation(
         efficacy=still / max(pairs, 1), retention_accuracy=retention,
         erased_accuracy_other_axes=other, clip_erased=clip_e, clip_retained=clip_r,
@@ -140,6 +147,10 @@ def uncond_rate(model: ToyModel, judges: dict, concepts: Sequence[str], n: int =
 
 
 def retention_ratio(after: Evaluation, before: Evaluation) -> float:
-    """Mean over axes of accuracy after / before on the retained prompts."""
-    ratios = [after.retention_accuracy[a] / max(before.retention_accuracy[a], 1e-9) for a in AXES]
+    """Mean over axes of accuracy after / before on the retained prompts; with no retained
+    prompt, on the attributes of the erased captions that are not erased."""
+    kept_after, kept_before = after.retention_accuracy, before.retention_accuracy
+    if not kept_before:
+        kept_after, kept_before = after.erased_accuracy_other_axes, before.erased_accuracy_other_axes
+    ratios = [kept_after[a] / max(kept_before[a], 1e-9) for a in kept_before]
     return sum(ratios) / len(ratios)

@@ -48,6 +48,8 @@ def generate(
     """
     if len(prompts) != len(seeds):
         raise ValueError(f"generate needs one seed per prompt, got {len(prompts)} prompts and {len(seeds)} seeds")
+    if not prompts:
+        return torch.empty(0, 3, IMAGE_SIZE, IMAGE_SIZE)
     denoiser = DiffusersDenoiser(unet if unet is not None else model.unet, model.alphas_cumprod)
     device = next(denoiser.module.parameters()).device
     dtype = next(denoiser.module.parameters()).dtype
