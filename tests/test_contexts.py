@@ -56,11 +56,13 @@ def _index(emb, table):
     return next(i for i, e in enumerate(table) if torch.equal(emb, e[0]))
 
 
-def test_contexts_train_each_prompt_towards_its_own_anchor():
+@pytest.mark.parametrize("objective,target_rows", [("sdd", 3), ("esd", 6)])
+def test_contexts_train_each_prompt_towards_its_own_anchor(objective, target_rows):
     cond = _with_contexts(3)
-    # batch 3: target passes hold 3 rows, guided sampling passes 2 (empty + prompt)
+    # batch 3: an sdd target pass holds 3 rows (the anchor), an esd one 6 (the anchor's 3 first,
+    # then the prompt's, from the frozen base); guided sampling passes 2 (empty + prompt)
     cfg = EraseConfig(concepts=("c",), steps=24, batch_size=3, trajectory_reuse=2,
-                      trajectory_from="concept", **FAST)
+                      trajectory_from="concept", objective=objective, **FAST)
     rec = Recorder(tiny_denoiser())
     res = erase(rec, cond, cfg)
     assert res.metadata["context_prompts"] == 3
@@ -68,8 +70,8 @@ def test_contexts_train_each_prompt_towards_its_own_anchor():
     anchors = [cond.empty] + [a for _, a in cond.contexts[0]]
     trained = [_index(c, prompts) for c in rec.grad_conds]
     assert len(set(trained)) >= 3  # the bare concept and its contexts are all trained
-    # every step's target is the student's prediction for that prompt's own anchor
-    targets = [c for c, n in zip(rec.nograd_conds, rec.nograd_batches) if n == 3]
+    # every step's target is a prediction for that prompt's own anchor
+    targets = [c for c, n in zip(rec.nograd_conds, rec.nograd_batches) if n == target_rows]
     assert [_index(c, anchors) for c in targets] == trained
 
 

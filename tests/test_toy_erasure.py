@@ -101,7 +101,7 @@ def test_bench_quick_erases_and_writes_table_json_and_plot(tmp_path):
     out = tmp_path / "bench"
     assert main(["bench", "--quick", "--out", str(out)]) == 0
     table = (out / "bench.md").read_text()
-    assert "| shape | train | l2 | sdd |" in table and "| shape | uce |" in table
+    assert "| shape | train | l2 | esd |" in table and "| shape | uce |" in table
     data = json.loads((out / "bench.json").read_text())
     assert {r["method"] for r in data["runs"]} == {"train", "uce"}
     (run,) = [r for r in data["runs"] if r["method"] == "train"]
@@ -133,3 +133,26 @@ def test_bench_set_steps_is_the_step_budget_of_every_trained_run(tmp_path, monke
     runs = json.loads((tmp_path / "bench.json").read_text())["runs"]
     assert [r["config"]["steps"] for r in runs] == [2]
 
+
+
+def test_bench_concepts_gives_one_row_per_concept(tmp_path):
+    """``unlearn bench --concepts``: each item of the list a task of its own (several erased
+    together joined by '+'); 'all' is the whole vocabulary; an unknown word is refused before
+    any work."""
+    from unlearn_core.cli.bench import concept_tasks
+    from unlearn_core.errors import ConfigError
+
+    assert concept_tasks("all") == [v for values in AXES.values() for v in values]
+    assert concept_tasks("red, solid+cross") == ["red", "solid+cross"]
+    with pytest.raises(ConfigError, match="--concepts = 'purple'.*use 'all' or some of"):
+        concept_tasks("red,purple")
+    out = tmp_path / "bench"
+    assert main(["bench", "--concepts", "green,circle+dotted", "--losses", "l2", "--objectives",
+                 "esd", "--seeds", "1", "--steps", "2", "--repeats", "1", "--no-uce",
+                 "--out", str(out)]) == 0
+    data = json.loads((out / "bench.json").read_text())
+    assert [r["task"] for r in data["runs"]] == ["green", "circle+dotted"]
+    assert [r["config"]["concepts"] for r in data["runs"]] == [["green"], ["circle", "dotted"]]
+    table = (out / "bench.md").read_text()
+    assert "| green | train | l2 | esd |" in table and "| circle+dotted | train |" in table
+    assert "--concepts green,circle+dotted" in table

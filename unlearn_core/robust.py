@@ -14,8 +14,9 @@ loop inside SDD:
   in the empty prompt (the concept inversion);
 - outer (every step): the student's prediction under the latest adversarial conditioning, on
   noised concept images, is pulled to its own empty-prompt prediction (SDD's target, no grad),
-  times ``robust_weight``, added to SDD's loss. The retain and anchor terms of the trainer still
-  hold the base model's predictions on the prompts they name.
+  times ``robust_weight``, added to the objective's loss (the term is the same under either
+  objective). The retain and anchor terms of the trainer still hold the base model's predictions
+  on the prompts they name.
 
 Cost per step: ``batch_size`` UNet evaluations with gradient and ``batch_size`` without (the outer
 term), plus ``robust_inner_steps * batch_size`` with gradient every ``robust_every`` steps, and the

@@ -30,7 +30,7 @@ LOSSES_DEFAULT = ("l2", "jensen_shannon", "cramer_wold")
 # the way to the student (at the full setting's 0.99 it would move 87%; 30 steps at 0.99 moved it
 # 26% and erased nothing). Measured on "cross", training seeds 0-3, 12 erased and 36 retained
 # images: efficacy 1.00 -> 0.17, 0.25, 0.25, 0.42; retention 0.90-0.94.
-QUICK: dict[str, Any] = dict(tasks="shape", losses="l2", objectives="sdd", seeds=1, steps=200,
+QUICK: dict[str, Any] = dict(tasks="shape", losses="l2", objectives="esd", seeds=1, steps=200,
                              repeats=1)
 QUICK_SETTINGS: dict[str, Any] = dict(ema_decay=0.95)
 OBJECTIVES_DEFAULT = ("sdd", "esd")
@@ -38,6 +38,9 @@ OBJECTIVES_DEFAULT = ("sdd", "esd")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", default=",".join(TASKS), help=f"comma list of {', '.join(TASKS)}")
+    p.add_argument("--concepts", metavar="all|A,B+C",
+                   help="instead of --tasks: one row per toy concept erased alone ('all': every "
+                   "shape, colour and texture), or several erased together joined by '+'")
     p.add_argument("--losses", default=",".join(LOSSES_DEFAULT), help="comma list of losses")
     p.add_argument("--objectives", default=",".join(OBJECTIVES_DEFAULT), help="sdd, esd")
     p.add_argument("--uce", action=argparse.BooleanOptionalAction, default=True,
@@ -79,10 +82,12 @@ def _plan(args: argparse.Namespace) -> tuple[list[str], list[tuple[str, str, str
             raise ConfigError(flag, value, "must be 1 or more", f"give {flag} 1 or more")
     check_threads(args.threads)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if args.concepts is not None:
+        tasks = concept_tasks(args.concepts)
     losses = [x.strip() for x in args.losses.split(",") if x.strip()]
     objectives = [x.strip() for x in args.objectives.split(",") if x.strip()]
     for t in tasks:
-        if t not in TASKS:
+        if t not in TASKS and args.concepts is None:
             raise ConfigError("--tasks", t, "unknown task", f"use {', '.join(TASKS)}")
     if not tasks:
         raise ConfigError("--tasks", args.tasks, "no task given", f"use {', '.join(TASKS)}")
@@ -105,7 +110,7 @@ def _bench_task(model, judges, task: str, methods, overrides: dict, args: argpar
     from ..toyworld.erasure import erase_toy, toy_config
     from ..toyworld.evaluate import evaluate, retention_ratio, uncond_rate
 
-    concepts = TASKS[task]
+    concepts = TASKS.get(task) or tuple(task.split("+"))
     base = evaluate(model, judges, concepts, repeats=args.repeats)
     floor = uncond_rate(model, judges, concepts)
     baseline = {"efficacy": base.efficacy, "accuracy": base.retention_accuracy,
@@ -169,6 +174,25 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def concept_tasks(text: str) -> list[str]:
+    """The tasks of ``--concepts``: 'all' = every vocabulary item alone; else the comma list, each
+    item a concept or several joined by '+' (checked against the vocabulary)."""
+    from ..toyworld.settings import AXES
+
+    if text.strip() == "all":
+        return [v for values in AXES.values() for v in values]
+    tasks = [t.strip() for t in text.split(",") if t.strip()]
+    if not tasks:
+        raise ConfigError("--concepts", text, "no concept given", "give 'all' or a comma list")
+    words = [v for values in AXES.values() for v in values]
+    for task in tasks:
+        for concept in task.split("+"):
+            if concept not in words:
+                raise ConfigError("--concepts", concept, "not a toy-world concept",
+                                  f"use 'all' or some of: {', '.join(words)}")
+    return tasks
+
+
 def _settings_text(settings: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v}" for k, v in settings.items())
 
@@ -180,7 +204,8 @@ def _cw(loss: str) -> dict:
 def _argline(args: argparse.Namespace) -> str:
     if args.quick:
         return " ".join(["--quick", *(f"--set {s}" for s in args.set)])
-    parts = [f"--tasks {args.tasks}", f"--losses {args.losses}", f"--objectives {args.objectives}",
+    chosen = f"--concepts {args.concepts}" if args.concepts is not None else f"--tasks {args.tasks}"
+    parts = [chosen, f"--losses {args.losses}", f"--objectives {args.objectives}",
              f"--seeds {args.seeds}", f"--steps {args.steps}", f"--repeats {args.repeats}"]
     parts += [f"--set {s}" for s in args.set]
     return " ".join(parts) + ("" if args.uce else " --no-uce")
@@ -220,8 +245,12 @@ def plot(runs: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     tasks = list(dict.fromkeys(r["task"] for r in runs))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.8), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
+    cols = min(4, len(tasks))  # --concepts all: 11 panels in rows of four
+    rows_n = -(-len(tasks) // cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(4.2 * cols, 3.8 * rows_n), squeeze=False)
+    for ax in axes.flat[len(tasks):]:
+        ax.set_visible(False)
+    for ax, task in zip(axes.flat, tasks):
         keys = list(dict.fromkeys((r["method"], r["loss"], r["objective"]) for r in runs
                                   if r["task"] == task))
         for k in keys:

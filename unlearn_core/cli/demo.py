@@ -42,7 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--concept", default="cross", help=f"toy concept to erase ({words})")
     p.add_argument("--loss", default="l2", help="l2, jensen_shannon, cramer_wold, "
                    "jensen_shannon_gaussian")
-    p.add_argument("--objective", default="sdd", help="sdd or esd")
+    p.add_argument("--objective", default="esd", help="esd (the engine's default: a target from the "
+                   "frozen base) or sdd (the student's own target)")
     p.add_argument("--method", default="train", help="train or uce")
     p.add_argument("--steps", type=int, default=TOY_SETTINGS["steps"], help="training steps")
     p.add_argument("--seed", type=int, default=0, help="training seed")
