@@ -234,8 +234,9 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path):
         assert torch.equal(d.weight(), resumed.deltas[name].weight())
     for key in ("unet_evals_nograd", "unet_evals_grad"):
         assert resumed.metadata[key] == whole.metadata[key]
-    with pytest.raises(ConfigError, match=r"other settings \(lr: 0.0003 then, 0.001 now\)"):
-        erase_toy(model, config.replace(lr=1e-3), checkpoint=plan)
+    other = config.lr * 2
+    with pytest.raises(ConfigError, match=rf"other settings \(lr: {config.lr} then, {other} now\)"):
+        erase_toy(model, config.replace(lr=other), checkpoint=plan)
 
 
 def test_the_command_refuses_a_stale_checkpoint_and_removes_its_own(tmp_path, capsys):

@@ -113,10 +113,10 @@ def test_trajectory_reuse_saves_sampling():
     strictly cheaper by the ratio they give."""
     cond = tiny_conditioning()
     steps, batch, n = 4, 2, FAST["sampling_steps"]
-    cfg = EraseConfig(concepts=("c",), steps=steps, batch_size=batch, **FAST)
+    cfg = EraseConfig(concepts=("c",), steps=steps, batch_size=batch, objective="sdd", **FAST)
     fresh = erase(tiny_denoiser(), cond, cfg.replace(trajectory_reuse=1)).metadata
     reused = erase(tiny_denoiser(), cond, cfg.replace(trajectory_reuse=4)).metadata
-    targets = steps * batch  # one no-grad target pass per state (the student's, sdd)
+    targets = steps * batch  # one no-grad target pass per state (the student's, sdd; esd's 2)
     sampler = TrajectorySampler(tiny_denoiser(), (4, 8, 8), cond.trajectory, cond.empty, 3.0, n,
                                 cfg.seed, torch.device("cpu"))
     # a guided step costs 2 (cond + uncond); a fresh trajectory stops at its deepest state
@@ -151,7 +151,7 @@ def test_kept_uncond_is_the_prediction_at_the_state_and_timestep(guidance):
 def test_trajectory_target_costs_no_target_pass():
     cond = tiny_conditioning()
     cfg = EraseConfig(concepts=("c",), steps=4, batch_size=2, trajectory_reuse=4,
-                      target_from="trajectory", ema_decay=0.5, **FAST)
+                      target_from="trajectory", ema_decay=0.5, objective="sdd", **FAST)
     kept = erase(tiny_denoiser(), cond, cfg)
     # one guided trajectory through all 4 steps, no target passes; the student's 2 per step
     assert kept.metadata["unet_evals_nograd"] == 4 * 2
