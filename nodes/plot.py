@@ -2,8 +2,9 @@
 
 An IMAGE, not a STRING: stock ComfyUI can show an image (Preview Image) but has no node that shows
 text. Drawn with Pillow (no plotting library at run time). The raw loss is drawn faint, its
-exponential moving average dark; the title says the step count and the first/last/lowest values.
-A low loss is no proof of erasure: judge by the before/after images and the measuring nodes.
+moving average dark -- the curve and scale of ``metrics.plots.loss_curve``, as in the report; the
+title says the step count and the first/last/lowest values. A low loss is no proof of erasure:
+judge by the before/after images and the measuring nodes.
 """
 
 from __future__ import annotations
@@ -15,18 +16,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from ..unlearn_core.metrics.plots import loss_curve
+
 WIDTH, HEIGHT = 512, 256
 MARGIN_L, MARGIN_R, MARGIN_T, MARGIN_B = 56, 12, 28, 24
-
-
-def smooth(values: Sequence[float], span: int = 20) -> list[float]:
-    """Exponential moving average with alpha = 2 / (span + 1), started at the first value
-    (span 1 = the values themselves)."""
-    out: list[float] = []
-    alpha = 2.0 / (span + 1)
-    for v in values:
-        out.append(v if not out else out[-1] + alpha * (v - out[-1]))
-    return out
 
 
 def _fmt(v: float) -> str:
@@ -41,7 +34,8 @@ def loss_plot(history: Sequence[float], title: str = "loss") -> torch.Tensor:
     img = Image.new("RGB", (WIDTH, HEIGHT), (250, 250, 250))
     draw = ImageDraw.Draw(img)
     font = ImageFont.load_default()
-    values = [float(v) for v in history if math.isfinite(float(v))]
+    curve = loss_curve(history)  # the values, their moving average and the scale: as the report's
+    values = curve.values
     left, right = MARGIN_L, WIDTH - MARGIN_R
     top, bottom = MARGIN_T, HEIGHT - MARGIN_B
     draw.rectangle([left, top, right, bottom], outline=(160, 160, 160))
@@ -49,8 +43,12 @@ def loss_plot(history: Sequence[float], title: str = "loss") -> torch.Tensor:
         draw.text((8, 6), f"{title}: no training loss (closed-form edit)", fill=(20, 20, 20),
                   font=font)
         return _to_image(img)
-    log_scale = min(values) > 0 and max(values) / min(values) > 20
-    ys = [math.log10(v) for v in values] if log_scale else values
+    log_scale = curve.log_scale
+
+    def scaled(v: float) -> float:
+        return math.log10(v) if log_scale else v
+
+    ys = [scaled(v) for v in values]
     lo, hi = min(ys), max(ys)
     if hi - lo < 1e-12:
         lo, hi = lo - 0.5, hi + 0.5
@@ -60,13 +58,14 @@ def loss_plot(history: Sequence[float], title: str = "loss") -> torch.Tensor:
         return x, bottom - (bottom - top) * (y - lo) / (hi - lo)
 
     raw = [point(i, y) for i, y in enumerate(ys)]
-    avg = [point(i, y) for i, y in enumerate(smooth(ys, span=max(1, len(ys) // 30)))]
+    avg = [point(i + curve.window - 1, scaled(float(m))) for i, m in enumerate(curve.mean)]
     if len(raw) == 1:
         x, y = raw[0]
         draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=(30, 90, 200))
     else:
         draw.line(raw, fill=(170, 195, 235), width=1)
-        draw.line(avg, fill=(30, 90, 200), width=2)
+        if len(avg) > 1:
+            draw.line(avg, fill=(30, 90, 200), width=2)
     label_hi = _fmt(10**hi if log_scale else hi)
     label_lo = _fmt(10**lo if log_scale else lo)
     draw.text((4, top - 4), label_hi, fill=(60, 60, 60), font=font)

@@ -130,3 +130,27 @@ def test_widget_order_reads_the_committed_example_workflows():
                                                                      tuple) else v)
                                 for k, v in by_name.items()})
         assert config.concepts == ("Van Gogh", "Claude Monet", "Pablo Picasso"), name
+
+
+def test_node_loss_plot_and_report_share_one_curve():
+    """One rule for what a loss plot shows (``metrics.plots.loss_curve``): the node's Pillow
+    picture and the report's matplotlib panel draw the same moving average on the same scale."""
+    import math
+
+    from unlearn_core.metrics.plots import loss_curve
+
+    decaying = [math.exp(-i / 40) for i in range(300)]  # spans e^7.5: log scale
+    curve = loss_curve(decaying + [float("nan")])
+    assert curve.values == decaying and curve.window == 15 and curve.log_scale
+    assert len(curve.mean) == 300 - 15 + 1
+    assert curve.mean[0] == pytest.approx(sum(decaying[:15]) / 15)
+    flat = loss_curve([0.5 + 0.01 * (i % 3) for i in range(40)])
+    assert not flat.log_scale and flat.window == 2
+    assert not loss_curve([1.0, -1.0, 30.0]).log_scale  # a negative value: never log
+    plot = offline_module("nodes.plot")
+    # the node draws the shared curve, not a copy (the offline pack has its own module names)
+    assert plot.loss_curve.__module__.endswith("unlearn_core.metrics.plots")
+    for history in ([], [1.0], [3.0, 2.0], decaying, [float("nan"), 1.0]):
+        image = plot.loss_plot(history, "t")
+        assert image.shape == (1, plot.HEIGHT, plot.WIDTH, 3)
+        assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -39,9 +40,30 @@ def _moving_average(values: Sequence[float], window: int) -> np.ndarray:
     return np.convolve(v, kernel, mode="valid")
 
 
+@dataclass(frozen=True)
+class LossCurve:
+    """What a loss plot shows, whoever draws it (the report with matplotlib, the Erase nodes'
+    ``loss_plot`` with Pillow): the finite losses of steps 1..n, their moving average over
+    ``window`` steps (for steps window..n), and whether the y axis is logarithmic (every value
+    positive and spanning more than a factor of 20)."""
+
+    values: list[float]
+    mean: np.ndarray
+    window: int
+    log_scale: bool
+
+
+def loss_curve(loss_history: Sequence[float]) -> LossCurve:
+    values = [float(x) for x in loss_history if math.isfinite(float(x))]
+    window = max(1, len(values) // 20)
+    log_scale = bool(values) and min(values) > 0 and max(values) / min(values) > 20
+    return LossCurve(values, _moving_average(values, window), window, log_scale)
+
+
 def draw_loss(ax, loss_history: Sequence[float]) -> None:
-    """Loss per step (faint) and its moving average; log scale when every value is positive."""
-    losses = [float(x) for x in loss_history if math.isfinite(float(x))]
+    """Loss per step (faint) and its moving average (``loss_curve``)."""
+    curve = loss_curve(loss_history)
+    losses = curve.values
     ax.set_title("training loss")
     ax.set_xlabel("step")
     if not losses:
@@ -52,12 +74,12 @@ def draw_loss(ax, loss_history: Sequence[float]) -> None:
         return
     steps = np.arange(1, len(losses) + 1)
     ax.plot(steps, losses, color="tab:blue", alpha=0.3, lw=0.8, label="per step")
-    window = max(1, len(losses) // 20)
+    window = curve.window
     if window > 1:
-        smooth = _moving_average(losses, window)
-        ax.plot(steps[window - 1 :], smooth, color="tab:blue", lw=1.8, label=f"mean of {window}")
+        ax.plot(steps[window - 1 :], curve.mean, color="tab:blue", lw=1.8,
+                label=f"mean of {window}")
         ax.legend(fontsize=8)
-    if min(losses) > 0:
+    if curve.log_scale:
         ax.set_yscale("log")
     ax.grid(alpha=0.3)
 
