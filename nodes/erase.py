@@ -125,17 +125,18 @@ def simple_config(concepts: str, preset: str, loss: str, steps: int, seed: int) 
 
 
 class UnlearnEraseConcept:
-    """Erase a concept from an SD-1.x MODEL by self-distillation: one node, sensible settings."""
+    """Erase a concept from an SD-1.x MODEL by fine-tuning: one node, sensible settings."""
 
     CATEGORY = CATEGORY
     FUNCTION = "erase"
     RETURN_TYPES = ("MODEL", ERASURE, "IMAGE")
     RETURN_NAMES = ("model", "erasure", "loss_plot")
     OUTPUT_TOOLTIPS = (OUT_MODEL_TIP, OUT_ERASURE_TIP, OUT_PLOT_TIP)
-    DESCRIPTION = ("Fine-tunes a copy of the model so it no longer draws the concept "
-                   "(self-distillation, SDD). Pick the kind of concept; everything else is the "
-                   "core's defaults with its fast recipe. Progress bar and Cancel work; the "
-                   "input MODEL is never changed.")
+    DESCRIPTION = ("Fine-tunes a copy of the model so it no longer draws the concept (on states "
+                   "from its own EMA teacher's trajectories, as SDD; each prompt pulled to the "
+                   "base model's prediction without the concept, guided away from it). Pick the "
+                   "kind of concept; everything else is the core's defaults with its fast "
+                   "recipe. Progress bar and Cancel work; the input MODEL is never changed.")
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:

@@ -66,6 +66,7 @@ class ComfyServer:
                "--temp-directory", str(self.work_dir / "temp"),
                "--input-directory", str(self.work_dir / "input"),
                "--extra-model-paths-config", str(self.config)]
+        cmd += self._user_directory()
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("UNLEARN_TEST_THREADS", "1"),
                "PYTHONUNBUFFERED": "1"}
         self._log = open(self.log_path, "w")
@@ -82,6 +83,21 @@ class ComfyServer:
                 time.sleep(0.5)
         self.stop()
         raise TimeoutError(f"ComfyUI server did not answer in {timeout} s:\n{self.log()}")
+
+    def _user_directory(self) -> list[str]:
+        """On hosts that take ``--user-directory`` (0.3.x), a fresh one in the work folder whose
+        settings say the first-run tutorial is done: a new user's frontend otherwise opens its
+        "Get Started with a Template" dialog once the app has loaded (``Comfy.TutorialCompleted``
+        false), at a moment that races the tests' own dialog checks. The host's folder is left
+        alone. The 2024 host has neither the flag nor the dialog."""
+        args = (self.comfy_dir / "comfy" / "cli_args.py").read_text(encoding="utf-8")
+        if '"--user-directory"' not in args:
+            return []
+        user = self.work_dir / "user"
+        (user / "default").mkdir(parents=True, exist_ok=True)
+        (user / "default" / "comfy.settings.json").write_text(
+            json.dumps({"Comfy.TutorialCompleted": True}))
+        return ["--user-directory", str(user)]
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
