@@ -21,7 +21,7 @@ import math
 import os
 import secrets
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -198,16 +198,30 @@ def kohya_metadata(deltas: Mapping[str, Delta], metadata: Mapping[str, Any]) -> 
     return meta
 
 
-def _new_temp_file(folder: Path) -> Path:
+def _new_temp_file(folder: Path, suffix: str = ".safetensors") -> Path:
     """An empty, new, hidden file in ``folder``, created with mode 0o666 less the umask."""
     while True:
-        tmp = folder / f".tmp-{secrets.token_hex(8)}.safetensors"
+        tmp = folder / f".tmp-{secrets.token_hex(8)}{suffix}"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:
             continue
         os.close(fd)
         return tmp
+
+
+def replace_whole(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Write ``path`` whole or not at all: ``write`` fills a new hidden file beside it, which then
+    takes the name in one step (replacing what was there); on any failure it is removed."""
+    path = Path(path)
+    tmp = _new_temp_file(path.parent, path.suffix)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
 
 
 def _taken(p: Path) -> OutputExistsError:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +27,7 @@ import torch
 
 from .config import EraseConfig
 from .errors import ConfigError
+from .files import replace_whole
 
 if TYPE_CHECKING:
     from .trainer import Run, TrainState
@@ -122,13 +122,7 @@ def save_checkpoint(path: Path, run: Run, state: TrainState) -> None:
         "optimizer": state.optimizer.state_dict(),
         "samplers": held,
     }
-    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(6)}")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    replace_whole(path, lambda tmp: torch.save(payload, tmp))
 
 
 def load_checkpoint(path: Path, run: Run, state: TrainState) -> bool:

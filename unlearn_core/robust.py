@@ -63,15 +63,19 @@ class AdversarialTerm:
                             for c in cond.concepts]
         self.turn = [0] * len(cond.concepts)
         self.latest = [c for c in cond.concepts]
-        self.grad_evals = 0
-        self.nograd_evals = 0
         self.inner_runs = 0
         self.last_inner_loss = float("nan")
         self.evals = evals if evals is not None else EvalCounter()
 
     @property
     def unet_evals(self) -> int:
-        return self.grad_evals + self.nograd_evals
+        """The UNet evaluations this term has spent (with and without gradient)."""
+        return self.evals.adversarial
+
+    def _spend(self, grad: int = 0, nograd: int = 0) -> None:
+        self.evals.grad += grad
+        self.evals.nograd += nograd
+        self.evals.adversarial += grad + nograd
 
     @torch.no_grad()
     def _make_targets(self) -> None:
@@ -84,12 +88,11 @@ class AdversarialTerm:
                                  self.cond.empty.expand(ROBUST_IMAGES, -1, -1), cfg.guidance,
                                  cfg.sampling_steps)
             self.targets.append(x0.float())
-            self.nograd_evals += ROBUST_IMAGES * cfg.sampling_steps * (
-                1 if cfg.guidance in (0.0, 1.0) else 2)
+            self._spend(nograd=ROBUST_IMAGES * cfg.sampling_steps * (
+                1 if cfg.guidance in (0.0, 1.0) else 2))
 
     def term(self, step: int, concept: int) -> Tensor:
         cfg = self.config
-        grad0, nograd0 = self.grad_evals, self.nograd_evals
         if not self.targets:
             self._make_targets()
         if step % cfg.robust_every == 0:  # inner loop: attack the current student
@@ -102,7 +105,7 @@ class AdversarialTerm:
             adv = learned.context.to(self.device, self.dtype)
             self.adversaries[concept][kind] = adv
             self.latest[concept] = adv
-            self.grad_evals += learned.grad_evals
+            self._spend(grad=learned.grad_evals)
             self.inner_runs += 1
             self.last_inner_loss = learned.losses[-1]
         # outer term on noised concept images: the adversary's prediction -> the empty prompt's
@@ -118,14 +121,8 @@ class AdversarialTerm:
         with torch.no_grad():
             target = self.denoiser(x_t, t, self.cond.empty.expand(batch, -1, -1)).float()
         eps = self.denoiser(x_t, t, self.latest[concept].expand(batch, -1, -1)).float()
-        self.grad_evals += batch
-        self.nograd_evals += batch
-        loss = cfg.robust_weight * LOSSES["l2"](eps, target)
-        grad, nograd = self.grad_evals - grad0, self.nograd_evals - nograd0
-        self.evals.grad += grad
-        self.evals.nograd += nograd
-        self.evals.adversarial += grad + nograd
-        return loss
+        self._spend(grad=batch, nograd=batch)
+        return cfg.robust_weight * LOSSES["l2"](eps, target)
 
     def metadata(self) -> dict:
         cfg = self.config

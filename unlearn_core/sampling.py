@@ -166,8 +166,8 @@ class TrajectorySampler:
         self.device, self.dtype = device, dtype
         self.keep_uncond = keep_uncond
         self.num_train = len(denoiser.alphas_cumprod)
-        self.unet_evals = 0  # no-grad UNet evaluations spent on sampling (a CFG pass counts 2)
-        self.evals = evals  # a counter shared with the rest of the erasure, if given
+        # a counter shared with the rest of the erasure, if given, else the sampler's own
+        self.evals = evals if evals is not None else EvalCounter()
         self._trajectory: int | None = None  # the index of the trajectory held
         self._states: dict[int, Tensor] = {}
         self._uncond: dict[int, Tensor] = {}
@@ -188,11 +188,14 @@ class TrajectorySampler:
         ddim_sample(self.denoiser, x_T, self.cond, self.uncond, self.guidance, self.num_steps,
                     0, stop, lambda k, x: states.__setitem__(k, x), keep)
         spent = stop * (1 if single_pass(self.guidance, self.keep_uncond) else 2)
-        self.unet_evals += spent
-        if self.evals is not None:
-            self.evals.nograd += spent
-            self.evals.sampling += spent
+        self.evals.nograd += spent
+        self.evals.sampling += spent
         self._states, self._uncond = states, uncond
+
+    @property
+    def unet_evals(self) -> int:
+        """No-grad UNet evaluations spent on sampling (a CFG pass counts 2)."""
+        return self.evals.sampling
 
     def depths(self, batch: int, step: int) -> list[int]:
         """The DDIM step each slot of ``step``'s batch is taken at: distinct while batch <= N."""

@@ -10,9 +10,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -310,16 +308,9 @@ def _checked(args: argparse.Namespace):
 
 def _write(out: Path, targets: list[Path], grid, summary: dict) -> None:
     """The grid and the summary, each written whole (a temporary file renamed) or not at all."""
+    from ..files import replace_whole
     from ..metrics.images import save_png
 
     out.mkdir(parents=True, exist_ok=True)
-    for path, write in ((targets[0], lambda p: save_png(grid, p)),
-                        (targets[1], lambda p: Path(p).write_text(json.dumps(summary, indent=1)))):
-        fd, tmp = tempfile.mkstemp(dir=out, prefix=".tmp-", suffix=path.suffix)
-        os.close(fd)
-        try:
-            write(tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+    replace_whole(targets[0], lambda p: save_png(grid, p))
+    replace_whole(targets[1], lambda p: p.write_text(json.dumps(summary, indent=1)))
