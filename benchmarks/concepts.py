@@ -11,6 +11,8 @@ phrasing inside the efficacy bar.
 
     python benchmarks/concepts.py --concepts all --seeds 5 --out concepts-out
     python benchmarks/concepts.py --quick          # two concepts, one seed: a smoke run
+    python benchmarks/concepts.py --concepts square,green --set-config loss=cramer_wold \
+        --vary lr=3e-4,1e-3 --seeds 1 --no-uce     # other settings; one row per value of lr
 
 Writes concepts.md (table), concepts.json (every run, written after each run) and concepts.png.
 """
@@ -18,6 +20,7 @@ Writes concepts.md (table), concepts.json (every run, written after each run) an
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -55,6 +58,41 @@ def parse_targets(concepts: str, sets: list[str]) -> list[tuple[str, ...]]:
     return targets
 
 
+def parse_overrides(pairs: list[str]) -> dict:
+    """``KEY=VALUE`` pairs -> config overrides; a value is read as JSON (numbers, true, null)
+    where it parses, else kept as a string (``loss=cramer_wold``)."""
+    from unlearn_core.config import EraseConfig
+
+    fields = set(EraseConfig.__dataclass_fields__)
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or key not in fields:
+            raise SystemExit(f"--set-config/--vary: expected KEY=VALUE with KEY an EraseConfig "
+                             f"field, got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def variants(fixed: list[str], vary: list[str]) -> list[dict]:
+    """Every training configuration: the ``--set-config`` overrides with each combination of the
+    ``--vary KEY=V1,V2`` values (one empty dict without either)."""
+    base = parse_overrides(fixed)
+    axes = [[f"{key}={v}" for v in values.split(",")]
+            for key, _, values in (item.partition("=") for item in vary)]
+    return [base | parse_overrides(list(combo)) for combo in itertools.product(*axes)]
+
+
+def variant_label(overrides: dict, vary: list[str]) -> str:
+    """The part of a row's name that tells the ``--vary`` values apart ('' without --vary)."""
+    keys = [item.partition("=")[0].strip() for item in vary]
+    return " ".join(f"{k}={overrides[k]}" for k in keys)
+
+
 _STATE: dict = {}
 
 
@@ -78,25 +116,26 @@ def _baseline(concepts: tuple[str, ...], repeats: int) -> dict:
             "phrasing": phr["phrasing"], "length": phr["length"], "evaluation": base}
 
 
-def _run(job: tuple[str, int, tuple[str, ...], int]) -> dict:
-    """One erasure with the defaults (or UCE) and its measurement; runs in a worker."""
+def _run(job: tuple[str, int, tuple[str, ...], int, dict, str]) -> dict:
+    """One erasure with the defaults and ``overrides`` (or UCE) and its measurement; runs in a
+    worker. ``variant`` tells the --vary values apart ('' without --vary)."""
     from unlearn_core.toyworld.erasure import erase_toy, toy_config
     from unlearn_core.toyworld.evaluate import evaluate, retention_ratio
     from unlearn_core.toyworld.phrasings import efficacy_by_phrasing
 
-    method, seed, concepts, repeats = job
+    method, seed, concepts, repeats, overrides, variant = job
     model, judges = _STATE["model"], _STATE["judges"]
     name = ",".join(concepts)
     if name not in _STATE:  # the untouched model's figures, once per worker and target
         _STATE[name] = _baseline(concepts, repeats)
     base = _STATE[name]
-    cfg = toy_config(concepts, seed=seed, **({"method": "uce"} if method == "uce" else {}))
+    cfg = toy_config(concepts, seed=seed, **({"method": "uce"} if method == "uce" else overrides))
     t0 = time.perf_counter()
     res = erase_toy(model, cfg)
     seconds = time.perf_counter() - t0
     ev = evaluate(model, judges, concepts, res, repeats=repeats, with_clip=False)
     phr = efficacy_by_phrasing(model, judges, concepts, res)
-    row = {"concepts": name, "method": method, "seed": seed, "efficacy": ev.efficacy,
+    row = {"concepts": name, "variant": variant, "method": method, "seed": seed, "efficacy": ev.efficacy,
            "floor": base["uncond_rate"], "efficacy_before": base["efficacy"],
            "retention": retention_ratio(ev, base["evaluation"]),
            "kept_on_erased_captions": ev.erased_accuracy_other_axes, "seconds": seconds,
@@ -104,7 +143,7 @@ def _run(job: tuple[str, int, tuple[str, ...], int]) -> dict:
            + res.metadata.get("unet_evals_grad", 0),
            "phrasing": phr["phrasing"], "length": phr["length"],
            "worst_phrasing": max(phr["phrasing"].values()), "config": cfg.to_dict()}
-    print(f"  {name} {method} seed {seed}: efficacy {row['efficacy']:.2f} (floor "
+    print(f"  {_label(row)} {method} seed {seed}: efficacy {row['efficacy']:.2f} (floor "
           f"{row['floor']:.2f}), retention {row['retention']:.3f}, worst phrasing "
           f"{row['worst_phrasing']:.2f}, {seconds:.0f} s", flush=True)
     return row
@@ -122,6 +161,12 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="red and striped, one seed, 1 repeat")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     ap.add_argument("--jobs", type=int, default=1, help="worker processes")
+    ap.add_argument("--set-config", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a toy setting in every training run, e.g. loss=cramer_wold "
+                    "(repeatable; UCE runs are not affected)")
+    ap.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2",
+                    help="train once per value (repeatable: every combination); rows are "
+                    "named 'concepts KEY=V'")
     ap.add_argument("--out", type=Path, default=Path("concepts-out"))
     ap.add_argument("--table", type=Path, metavar="JSON",
                     help="only print the table (and write the plot) of a concepts.json")
@@ -140,9 +185,11 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     # seed by seed over every target, so a run cut short still covers every concept
-    jobs = [("uce", 0, c, args.repeats) for c in targets] if args.uce else []
-    jobs += [("train", s, c, args.repeats)
-             for s in range(args.first_seed, args.first_seed + args.seeds) for c in targets]
+    configs = variants(args.set_config, args.vary)
+    jobs = [("uce", 0, c, args.repeats, {}, "") for c in targets] if args.uce else []
+    jobs += [("train", s, c, args.repeats, o, variant_label(o, args.vary))
+             for s in range(args.first_seed, args.first_seed + args.seeds) for o in configs
+             for c in targets]
     runs: list[dict] = []
     with ProcessPoolExecutor(args.jobs, initializer=_init, initargs=(args.threads,)) as pool:
         for row in pool.map(_run, jobs):
@@ -159,15 +206,24 @@ def main() -> None:
     print(header + table)
 
 
-def _rows(runs: list[dict], name: str, method: str) -> list[dict]:
-    return [r for r in runs if r["concepts"] == name and r["method"] == method]
+def _label(run: dict) -> str:
+    """A row of the table: the concepts, then the --vary values if the run had any."""
+    return f"{run['concepts']} {run.get('variant', '')}".strip()
+
+
+def _rows(runs: list[dict], label: str, method: str) -> list[dict]:
+    """The training runs of one row (by label), or the UCE run of its concepts."""
+    if method == "uce":
+        label = label.split(" ")[0]
+    return [r for r in runs if (_label(r) if method == "train" else r["concepts"]) == label
+            and r["method"] == method]
 
 
 def markdown_table(runs: list[dict]) -> str:
-    lines = ["| concepts | floor | n | efficacy ↓ | retention ↑ | worst phrasing ↓ | "
+    lines = ["| concepts | floor | n | efficacy ↓ | retention ↑ | worst phrasing ↓ | UNet evals | "
              "efficacy by caption length (words) | UCE efficacy / retention | bars |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for name in dict.fromkeys(r["concepts"] for r in runs):
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name in dict.fromkeys(_label(r) for r in runs):
         rows = _rows(runs, name, "train")
         if not rows:
             continue
@@ -176,6 +232,7 @@ def markdown_table(runs: list[dict]) -> str:
         ret = [r["retention"] for r in rows]
         rm, rh = mean_ci(ret)
         w, wh = mean_ci([r["worst_phrasing"] for r in rows])
+        evals = statistics.fmean(r.get("unet_evals", 0) for r in rows)
         lengths = sorted({int(k) for r in rows for k in r["length"]})
         by_len = ", ".join(f"{n}: {statistics.fmean(r['length'][n] for r in rows):.2f}"
                            for n in lengths)
@@ -185,7 +242,7 @@ def markdown_table(runs: list[dict]) -> str:
         ok = (e <= bar and rm >= RETENTION_BAR and eh <= HALF_WIDTH_BAR
               and rh <= HALF_WIDTH_BAR and w <= bar)
         lines.append(f"| {name} | {floor:.2f} | {len(rows)} | {e:.2f} ± {eh:.2f} | "
-                     f"{rm:.3f} ± {rh:.3f} | {w:.2f} ± {wh:.2f} | {by_len} | {uce_text} | "
+                     f"{rm:.3f} ± {rh:.3f} | {w:.2f} ± {wh:.2f} | {evals:.0f} | {by_len} | {uce_text} | "
                      f"{'met' if ok else 'not met'} |")
     return "\n".join(lines) + "\n"
 
@@ -197,7 +254,7 @@ def plot(runs: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name in dict.fromkeys(r["concepts"] for r in runs):
+    for name in dict.fromkeys(_label(r) for r in runs):
         rows = _rows(runs, name, "train")
         if rows:
             ex, eh = mean_ci([r["efficacy"] - r["floor"] for r in rows])

@@ -192,6 +192,36 @@ def test_concepts_benchmark_rows_and_bars():
     assert striped.endswith("| not met |")
 
 
+def test_concepts_benchmark_overrides_and_variant_rows():
+    """--set-config / --vary: JSON values (else strings), every combination, one table row per
+    variant, the UCE column found by the concepts alone; unknown settings refused."""
+    bench = _concepts_benchmark()
+    configs = bench.variants(["loss=cramer_wold", "steps=300"],
+                             ["lr=3e-4,1e-3", "ema_decay=0.99,0.95"])
+    assert len(configs) == 4
+    assert configs[0] == {"loss": "cramer_wold", "steps": 300, "lr": 3e-4, "ema_decay": 0.99}
+    assert bench.variant_label(configs[1], ["lr=3e-4,1e-3", "ema_decay=0.99,0.95"]) == \
+        "lr=0.0003 ema_decay=0.95"
+    assert bench.variants([], []) == [{}]
+    with pytest.raises(SystemExit):
+        bench.parse_overrides(["no_such_setting=1"])
+    with pytest.raises(SystemExit):
+        bench.parse_overrides(["lr"])
+
+    def run(variant, seed, eff, method="train"):
+        return {"concepts": "red", "variant": variant, "method": method, "seed": seed,
+                "efficacy": eff, "floor": 0.2, "retention": 1.0, "worst_phrasing": eff,
+                "length": {3: eff}, "unet_evals": 4950}
+
+    runs = [run("lr=0.001", s, 0.0) for s in range(2)] + [run("lr=0.003", s, 0.5) for s in range(2)]
+    runs += [run("", 0, 0.4, method="uce")]
+    lines = bench.markdown_table(runs).splitlines()
+    slow = next(line for line in lines if line.startswith("| red lr=0.001 |"))
+    fast = next(line for line in lines if line.startswith("| red lr=0.003 |"))
+    assert "| 4950 |" in slow and "0.40 / 1.000" in slow and slow.endswith("| met |")
+    assert fast.startswith("| red lr=0.003 | 0.20 | 2 | 0.50 ± 0.00 |")
+
+
 def test_toy_defaults_erase_a_colour_inside_captions_and_keep_the_rest():
     """The fix this file is about, end to end: with the bare word alone (the old default) "red"
     stayed in 0.75 of the captions naming it (seed 0); erased inside its captions it falls far
