@@ -55,15 +55,32 @@ def test_uce_erases_a_shape(world):
     assert retention_ratio(after, before) >= 0.95
 
 
+def test_evaluation_from_images_made_apart_is_the_same_evaluation(world):
+    # the demo makes the two halves of the images in two processes and evaluates them together
+    from unlearn_core.toyworld.evaluate import evaluation_images
+
+    model, judges = world
+    whole = evaluate(model, judges, ["red"], repeats=1, steps=4, with_clip=False)
+    halves = (evaluation_images(model, ["red"], "erased", repeats=1, steps=4),
+              evaluation_images(model, ["red"], "retained", repeats=1, steps=4))
+    apart = evaluate(model, judges, ["red"], repeats=1, steps=4, with_clip=False, images=halves)
+    assert torch.equal(apart.images_erased, whole.images_erased)
+    assert torch.equal(apart.images_retained, whole.images_retained)
+    assert (apart.efficacy, apart.retention_accuracy) == (whole.efficacy, whole.retention_accuracy)
+    with pytest.raises(ValueError, match="24 erased and 36 retained given, the settings make 24 and 72"):
+        evaluate(model, judges, ["red"], repeats=2, steps=4, with_clip=False,
+                 images=(torch.cat([halves[0]] * 2), halves[1]))
+
+
 @pytest.mark.parametrize("concept", ["cross", "red", "solid"])  # a shape, a colour, a texture
 def test_demo_runs_for_every_kind_of_concept(concept, tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--concept", concept, "--steps", "3", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "efficacy" in text and "retention" in text and "CLIP score" in text
-    # scores of the weights being trained are printed during training, not only at the end
-    assert "step 1/3, weights being trained: still judged" in text
-    assert text.index("weights being trained") < text.index("erasure returned")
+    # scores of the erasure so far are printed during training, not only at the end
+    assert "step 1/3, erasure so far (EMA teacher): still judged" in text
+    assert text.index("erasure so far") < text.index("erasure returned")
     summary = json.loads((out / "summary.json").read_text())
     for key in ("efficacy", "retention", "base_accuracy", "uncond_rate", "seconds", "config",
                 "threads"):

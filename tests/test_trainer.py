@@ -53,6 +53,23 @@ def test_teacher_is_the_ema_of_the_student():
     assert frozen.deltas[name].weight().abs().max() == 0
 
 
+@pytest.mark.parametrize("result", ["teacher", "student"])
+def test_step_info_weights_are_the_erasure_so_far(result):
+    # what StepInfo.weights() gives at a step is what a run of that many steps returns, and a
+    # copy: later steps do not change it
+    cond = tiny_conditioning()
+    cfg = EraseConfig(concepts=("c",), steps=3, ema_decay=0.9, parametrization="full",
+                      result=result, **FAST)
+    at_two = {}
+    erase(tiny_denoiser(), cond, cfg,
+          callback=lambda info: at_two.update(info.weights()) if info.step == 2 else None)
+    two_steps = erase(tiny_denoiser(), cond, cfg.replace(steps=2))
+    assert set(at_two) == set(two_steps.deltas)
+    for name, delta in two_steps.deltas.items():
+        assert delta.weight().abs().max() > 0
+        assert torch.equal(at_two[name].weight(), delta.weight())
+
+
 def test_several_concepts_taken_in_turn_and_retain_term():
     cond = tiny_conditioning(n_concepts=3, n_retain=2)
     cfg = EraseConfig(concepts=("a", "b", "c"), retain_prompts=("r1", "r2"), retain_weight=1.0,

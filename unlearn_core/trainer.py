@@ -36,7 +36,7 @@ import torch
 from .checkpointing import checkpointed
 from .conditioning import Conditioning
 from .config import EraseConfig
-from .delta import DeltaSet
+from .delta import Delta, DeltaSet
 from .denoiser import Denoiser, module_device, module_dtype
 from .distributed import Parallel, Share, key_seed, keyed_generator
 from .errors import Cancelled, ConfigError, TrainingError
@@ -64,6 +64,11 @@ class StepInfo:
     elapsed: float  # seconds since the start
     unet_evals: int  # UNet evaluations so far, counted per latent (a CFG pass counts 2)
     adversarial_evals: int = 0  # of unet_evals: spent by robust="adversarial" (robust.py)
+    # The erasure as it would be returned if training stopped now (the EMA teacher's deltas, or
+    # the student's with result="student"), under canonical names: fresh CPU copies, safe to use
+    # in another thread while training goes on. It copies every trained tensor: call it only at
+    # the steps that need it.
+    weights: Callable[[], dict[str, Delta]] | None = field(default=None, repr=False, compare=False)
 
 
 Callback = Callable[[StepInfo], "bool | None"]
@@ -395,18 +400,27 @@ def train(denoiser: Denoiser, conditioning: Conditioning, config: EraseConfig,
                 save_checkpoint(checkpoint.path, run, state)
             if callback is not None and callback(StepInfo(
                     state.step, config.steps, loss, config.lr, time.perf_counter() - start,
-                    state.evals.total, state.evals.adversarial)):
+                    state.evals.total, state.evals.adversarial,
+                    lambda: current_deltas(run, state))):
                 raise Cancelled(f"cancelled at step {state.step} of {config.steps}; "
                                 "nothing was written")
     return export(run, state, time.perf_counter() - start)
 
 
+def current_deltas(run: Run, state: TrainState) -> dict[str, Delta]:
+    """The teacher's (or, with result="student", the student's) deltas under canonical names,
+    copied to the CPU."""
+    deltas = state.deltas
+    with (deltas.swapped(state.teacher) if run.config.result == "teacher"
+          else contextlib.nullcontext()):
+        exported = deltas.export()
+    return {run.denoiser.canonical_name(n): d for n, d in exported.items()}
+
+
 def export(run: Run, state: TrainState, seconds: float) -> EraseResult:
     """The result: the teacher's (or the student's) deltas under canonical names, and metadata."""
     config, deltas = run.config, state.deltas
-    with deltas.swapped(state.teacher) if config.result == "teacher" else contextlib.nullcontext():
-        exported = deltas.export()
-    canonical = {run.denoiser.canonical_name(n): d for n, d in exported.items()}
+    canonical = current_deltas(run, state)
     # every process's evaluations, summed, and (data-parallel) each one's
     counts = {"nograd": state.evals.nograd, "grad": state.evals.grad,
               "sampling": state.evals.sampling}

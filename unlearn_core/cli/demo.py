@@ -8,10 +8,8 @@ Runs offline on the CPU with the committed toy model, judges and tiny CLIP. Writ
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -67,73 +65,156 @@ def varied_prompts(prompts: PromptSet, k: int = GRID_ROWS) -> list[str]:
 
 
 class TrainingMonitor:
-    """Efficacy, retention and CLIP score of the weights being trained, at a few steps.
+    """Efficacy, retention and CLIP score of the erasure so far, at a few steps, scored by the
+    worker process while training goes on.
 
-    It scores the student, the weights the optimizer moves; the erasure returned at the end is
-    their EMA teacher (``ema_decay``), which trails them by about 1/(1 - decay) steps. Captions and
-    noise are those of the first images of the untouched model's evaluation (``untouched()``): one
-    per erased caption and RETAINED_CHECK retained captions, so the untouched scores cost nothing.
-    """
+    At a checkpoint step it copies the weights that would be returned if training stopped there
+    (``StepInfo.weights``: the EMA teacher) and sends them to the worker (``_score_so_far``),
+    whose line ``write`` prints when it is ready; ``finish()`` waits for the lines not yet
+    printed. ``seconds`` is the worker's time spent on them."""
 
-    def __init__(self, model, judges, concepts: list[str], steps: int, untouched, write) -> None:
-        import torch
-
-        from ..toyworld.evaluate import split_prompts
-
-        erased, retained = split_prompts(concepts)
-        self.n = len(erased)
-        self.keep = list(range(len(retained)))[:: max(1, len(retained) // RETAINED_CHECK)][:RETAINED_CHECK]
-        self.prompts = list(erased.prompts) + [retained.prompts[i] for i in self.keep]
-        self.labels = {a: torch.cat([erased.labels()[a], retained.labels()[a][self.keep]]) for a in AXES}
-        self.model, self.judges, self.concepts, self.write = model, judges, concepts, write
+    def __init__(self, worker, concept: str, steps: int, write) -> None:
+        self.worker, self.concept, self.steps, self.write = worker, concept, steps, write
         self.at = sorted({max(1, round(f * steps)) for f in CHECKPOINTS} - {steps})
-        self.steps = steps
-        self.seconds = 0.0  # spent scoring during training
-        self.untouched = untouched  # () -> the untouched model's Evaluation, when it is ready
-        self.base: tuple[float, float, float] | None = None
+        self.seconds = 0.0
+        self.pending: list = []
 
-    def scores(self, images: torch.Tensor | None = None) -> tuple[float, float, float]:
-        """(efficacy, mean accuracy on the retained captions, CLIP score of the erased prompts) of
-        ``images``, or of images the model generates now."""
-        from ..metrics.clip_score import clip_score
-        from ..metrics.generation import unit_from_signed
-        from ..toyworld.evaluate import EVAL_SEED, RETAINED_SEED_OFFSET, concept_axis, toy_clip
-        from ..toyworld.generation import generate
-        from ..toyworld.judges import judge
+    def __call__(self, info, config) -> None:
+        if info.step in self.at and info.weights is not None:
+            self.pending.append(self.worker.apply_async(
+                _score_so_far, (self.concept, info.step, self.steps, config, info.weights()),
+                callback=self._done))
 
-        if images is None:
-            seeds = [EVAL_SEED + i for i in range(self.n)]
-            seeds += [EVAL_SEED + RETAINED_SEED_OFFSET + i for i in self.keep]
-            images = generate(self.model, self.prompts, seeds)
-        pred = judge(images, self.judges)
-        n = self.n
-        hits = pairs = 0
-        for axis, idx in map(concept_axis, self.concepts):
-            mask = self.labels[axis][:n] == idx
-            hits += int(((pred[axis][:n] == idx) & mask).sum())
-            pairs += int(mask.sum())
-        kept = [float((pred[a][n:] == self.labels[a][n:]).float().mean()) for a in AXES]
-        clip = clip_score(toy_clip(), unit_from_signed(images[:n]), self.prompts[:n],
-                          template="{}").mean
-        return hits / max(pairs, 1), sum(kept) / len(kept), clip
+    def _done(self, line_and_seconds: tuple[str, float]) -> None:
+        line, seconds = line_and_seconds
+        self.seconds += seconds
+        self.write(line)
 
-    def __call__(self, step: int) -> None:
-        if step not in self.at:
-            return
-        started = time.perf_counter()
-        eff, acc, clip = self.scores()
-        if self.base is None:
-            import torch
+    def finish(self) -> None:
+        for job in self.pending:
+            job.get()  # re-raises the worker's error, if any
 
-            before = self.untouched()
-            self.base = self.scores(torch.cat([before.images_erased[: self.n],
-                                               before.images_retained[self.keep]]))
-        self.seconds += time.perf_counter() - started
-        eff0, acc0, clip0 = self.base
-        self.write(f"step {step}/{self.steps}, weights being trained: still judged "
-                   f"{'/'.join(self.concepts)} {eff:.2f} (untouched {eff0:.2f}), retention "
-                   f"{acc / max(acc0, 1e-9):.2f}, CLIP score erased prompts {clip:.1f} "
-                   f"(untouched {clip0:.1f})")
+
+# The worker process: a second Python process, so that its work runs beside training on the
+# other core without taking turns with it for the interpreter lock (with a thread, training ran
+# 38% slower while the other thread generated images). It loads its own toy model, judges and
+# tiny CLIP; the main process sends it prompts and erasures (the deltas, a few kB) and gets back
+# scores and images.
+_WORLD: dict = {}
+
+
+def start_worker(threads: int):
+    """A one-process pool (spawned: a fresh interpreter, whatever the parent has running) that
+    loads the toy world while the main process loads its own."""
+    import multiprocessing
+
+    return multiprocessing.get_context("spawn").Pool(1, initializer=_load_world,
+                                                     initargs=(threads,))
+
+
+def _load_world(threads: int) -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the main process to handle
+    try:
+        from ..threads import parameter_count, set_threads
+        from ..toyworld import load_judges, load_toy_model
+        from ..toyworld.evaluate import toy_clip
+
+        model = load_toy_model(verify=True)
+        set_threads(threads, parameter_count(model.unet, model.text_encoder))
+        _WORLD.update(model=model, judges=load_judges(verify=True))
+        toy_clip()
+    except Exception as e:  # raised by the first job (a pool whose start fails would restart
+        _WORLD["error"] = e  # its worker forever, and no job would ever end)
+
+
+def _world() -> dict:
+    if "error" in _WORLD:
+        raise _WORLD["error"]
+    return _WORLD
+
+
+def _measure_untouched(concept: str, grid_prompts: list[str]):
+    """The untouched model's evaluation, unconditional floor and grid images (kept here too: the
+    scores of the erasure so far are compared with them)."""
+    from ..toyworld.evaluate import evaluate, uncond_rate
+
+    model, judges = _world()["model"], _WORLD["judges"]
+    before = evaluate(model, judges, [concept], **EVAL)
+    _WORLD["before"] = before
+    return before, uncond_rate(model, judges, [concept], n=48), _grid_images(model, grid_prompts)
+
+
+def _score_so_far(concept: str, step: int, steps: int, config, deltas) -> tuple[str, float]:
+    """The line printed for the erasure so far, and the seconds it took to score."""
+    import torch
+
+    started = time.perf_counter()
+    probe = _probe_set(concept)
+    eff, acc, clip = _probe_scores(probe, concept, config=config, deltas=deltas)
+    before = _WORLD["before"]
+    eff0, acc0, clip0 = _probe_scores(probe, concept, torch.cat(
+        [before.images_erased[: probe["n"]], before.images_retained[probe["keep"]]]))
+    line = (f"step {step}/{steps}, erasure so far (EMA teacher): still judged {concept} "
+            f"{eff:.2f} (untouched {eff0:.2f}), retention {acc / max(acc0, 1e-9):.2f}, CLIP score "
+            f"erased prompts {clip:.1f} (untouched {clip0:.1f})")
+    return line, time.perf_counter() - started
+
+
+def _retained_after(concept: str, config, deltas):
+    """The final evaluation's retained images under the erasure (the main process makes the
+    erased ones and the grid meanwhile: about as many images)."""
+    from ..result import EraseResult
+    from ..toyworld.evaluate import evaluation_images
+
+    return evaluation_images(_world()["model"], [concept], "retained",
+                             EraseResult(deltas=deltas, config=config),
+                             repeats=EVAL["retained_repeats"])
+
+
+def _probe_set(concept: str) -> dict:
+    """The captions scored during training: the first images of the untouched model's
+    evaluation, one per erased caption and RETAINED_CHECK retained captions (so the untouched
+    scores cost nothing), with their labels."""
+    import torch
+
+    from ..toyworld.evaluate import split_prompts
+
+    erased, retained = split_prompts([concept])
+    keep = list(range(len(retained)))[:: max(1, len(retained) // RETAINED_CHECK)][:RETAINED_CHECK]
+    return {"n": len(erased), "keep": keep,
+            "prompts": list(erased.prompts) + [retained.prompts[i] for i in keep],
+            "labels": {a: torch.cat([erased.labels()[a], retained.labels()[a][keep]])
+                       for a in AXES}}
+
+
+def _probe_scores(probe: dict, concept: str, images=None, config=None,
+                  deltas=None) -> tuple[float, float, float]:
+    """(efficacy, mean accuracy on the retained captions, CLIP score of the erased prompts) of
+    ``images``, or of the worker's model generating them now with ``deltas`` applied."""
+    from ..metrics.clip_score import clip_score
+    from ..metrics.generation import unit_from_signed
+    from ..result import EraseResult
+    from ..toyworld.erasure import toy_denoiser
+    from ..toyworld.evaluate import EVAL_SEED, RETAINED_SEED_OFFSET, concept_axis, toy_clip
+    from ..toyworld.generation import generate
+    from ..toyworld.judges import judge
+
+    n, labels, model = probe["n"], probe["labels"], _world()["model"]
+    if images is None:
+        seeds = [EVAL_SEED + i for i in range(n)]
+        seeds += [EVAL_SEED + RETAINED_SEED_OFFSET + i for i in probe["keep"]]
+        with EraseResult(deltas=deltas, config=config).applied(toy_denoiser(model)):
+            images = generate(model, probe["prompts"], seeds)
+    pred = judge(images, _WORLD["judges"])
+    axis, idx = concept_axis(concept)
+    mask = labels[axis][:n] == idx
+    efficacy = int(((pred[axis][:n] == idx) & mask).sum()) / max(int(mask.sum()), 1)
+    kept = [float((pred[a][n:] == labels[a][n:]).float().mean()) for a in AXES]
+    clip = clip_score(toy_clip(), unit_from_signed(images[:n]), probe["prompts"][:n],
+                      template="{}").mean
+    return efficacy, sum(kept) / len(kept), clip
 
 
 def _grid_images(model, prompts: list[str]) -> torch.Tensor:
@@ -160,50 +241,24 @@ def _grid(before: torch.Tensor, after: torch.Tensor, erased_prompts: list[str],
                          [f"seed {s}" for s in GRID_SEEDS], min_cell=48)
 
 
-class Background:
-    """``fn()`` in a daemon thread; ``result()`` waits for it and returns it, or raises its error.
-
-    The demo measures the untouched model on a copy of it while the original trains: two
-    single-threaded tasks use two cores without the lock-step waits of two threads per operation
-    (which is what makes intra-op threads slow on a small model when the machine is busy). A daemon
-    thread, so Ctrl-C does not wait for it."""
-
-    def __init__(self, fn) -> None:
-        self._done = threading.Event()
-        self._value = self._error = None
-        threading.Thread(target=self._run, args=(fn,), daemon=True, name="unlearn-untouched").start()
-
-    def _run(self, fn) -> None:
-        try:
-            self._value = fn()
-        except BaseException as e:  # handed to the caller of result()
-            self._error = e
-        finally:
-            self._done.set()
-
-    def result(self):
-        self._done.wait()
-        if self._error is not None:
-            raise self._error
-        return self._value
-
-
 def run(args: argparse.Namespace) -> int:
+    config, out, targets = _checked(args)
+    start = time.perf_counter()
+    worker = start_worker(args.threads)  # loads its own copy while this process loads
+    try:
+        return _run(args, config, out, targets, start, worker)
+    finally:
+        worker.terminate()
+
+
+def _run(args, config, out, targets, start, worker) -> int:
     from tqdm import tqdm
 
     from ..threads import parameter_count, set_threads
     from ..toyworld import load_judges, load_toy_model
     from ..toyworld.erasure import erase_toy, toy_denoiser
-    from ..toyworld.evaluate import (
-        evaluate,
-        retention_ratio,
-        split_prompts,
-        toy_clip,
-        uncond_rate,
-    )
+    from ..toyworld.evaluate import evaluate, evaluation_images, retention_ratio, split_prompts
 
-    config, out, targets = _checked(args)
-    start = time.perf_counter()
     model, judges = load_toy_model(verify=True), load_judges(verify=True)
     threads = set_threads(args.threads, parameter_count(model.unet, model.text_encoder))
     print(f"erasing {args.concept!r} from the toy model ({config.method}, loss {config.loss}, "
@@ -211,37 +266,34 @@ def run(args: argparse.Namespace) -> int:
           f"thread{'s' if threads > 1 else ''})", flush=True)
     erased_set, retained_set = split_prompts([args.concept])
     erased_rows, kept_rows = varied_prompts(erased_set), varied_prompts(retained_set)
-    toy_clip()  # loaded once, before two threads use it
-    # The trainer hooks its weight changes into model.unet; the copy stays as loaded.
-    untouched = copy.deepcopy(model)
-
-    def measure_untouched():
-        return (evaluate(untouched, judges, [args.concept], **EVAL),
-                uncond_rate(untouched, judges, [args.concept], n=48),
-                _grid_images(untouched, erased_rows + kept_rows))
-
-    measured = Background(measure_untouched)
+    measured = worker.apply_async(_measure_untouched, (args.concept, erased_rows + kept_rows))
     bar = tqdm(total=config.steps, desc="erasing", unit="step", disable=config.method == "uce")
-    monitor = (TrainingMonitor(model, judges, [args.concept], config.steps,
-                               lambda: measured.result()[0], bar.write)
+    monitor = (TrainingMonitor(worker, args.concept, config.steps, bar.write)
                if config.method == "train" else None)
 
     def progress(info) -> None:
+        bar.set_postfix(loss=f"{info.loss:.3g}", refresh=False)  # drawn by update, rate-limited
         bar.update(1)
-        bar.set_postfix(loss=f"{info.loss:.3g}")
         if monitor is not None:
-            monitor(info.step)
+            monitor(info, config)
 
     try:
         result = erase_toy(model, config, progress)
+        if monitor is not None:
+            monitor.finish()
     finally:
         bar.close()
     scoring_seconds = monitor.seconds if monitor is not None else 0.0
-    train_seconds = round(result.metadata["seconds"] - scoring_seconds, 3)
-    after = evaluate(model, judges, [args.concept], result, **EVAL)
+    train_seconds = result.metadata["seconds"]
+    # the final images in two halves of about equal work: the retained ones in the worker, the
+    # erased ones and the grid here
+    retained = worker.apply_async(_retained_after, (args.concept, config, result.deltas))
+    erased = evaluation_images(model, [args.concept], "erased", result, repeats=EVAL["repeats"])
     with result.applied(toy_denoiser(model)):
         grid_after = _grid_images(model, erased_rows + kept_rows)
-    before, floor, grid_before = measured.result()
+    after = evaluate(model, judges, [args.concept], result, **EVAL,
+                     images=(erased, retained.get()))
+    before, floor, grid_before = measured.get()
     base_eff = before.efficacy
     retention = retention_ratio(after, before)
     grid = _grid(grid_before, grid_after, erased_rows, kept_rows)
@@ -281,8 +333,9 @@ def _print_results(summary: dict, config, seconds: float, scoring_seconds: float
     print(f"CLIP score erased prompts {s['clip_erased']['before']:.1f} -> "
           f"{s['clip_erased']['after']:.1f}, retained prompts {s['clip_retained']['before']:.1f} "
           f"-> {s['clip_retained']['after']:.1f}")
-    print(f"{seconds:.1f} s in all ({s['train_seconds']:.1f} s training, {scoring_seconds:.1f} s "
-          f"scoring while training); wrote {targets[0]} and {targets[1]}", file=sys.stdout)
+    print(f"{seconds:.1f} s in all ({s['train_seconds']:.1f} s training; beside it, "
+          f"{scoring_seconds:.1f} s scoring the erasure so far); wrote {targets[0]} and "
+          f"{targets[1]}", file=sys.stdout)
 
 
 def _checked(args: argparse.Namespace):

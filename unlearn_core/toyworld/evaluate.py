@@ -87,21 +87,41 @@ def _unit(images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: ToyModel, judges: dict, concepts: Sequence[str],
-             erasure: EraseResult | None = None, seed: int = EVAL_SEED, repeats: int = 2,
-             steps: int = 20, with_clip: bool = True, retained_repeats: int | None = None
-             ) -> Evaluation:
-    """Generate the erased and retained prompt sets (``repeats`` per caption, or
-    ``retained_repeats`` for the retained set) and measure them."""
-    erased_set, _ = split_prompts(concepts, repeats)
-    _, retained_set = split_prompts(concepts, retained_repeats or repeats)
+def evaluation_images(model: ToyModel, concepts: Sequence[str], part: str,
+                      erasure: EraseResult | None = None, seed: int = EVAL_SEED, repeats: int = 2,
+                      steps: int = 20) -> torch.Tensor:
+    """The images ``evaluate`` judges for one ``part``, "erased" (prompts with a concept) or
+    "retained" (the others), ``repeats`` per caption. The parts are independent, so two threads
+    (each on its own copy of the model) can make them side by side."""
+    if part not in ("erased", "retained"):
+        raise ValueError(f"part must be 'erased' or 'retained', got {part!r}")
+    prompts = split_prompts(concepts, repeats)[0 if part == "erased" else 1]
+    first = seed if part == "erased" else seed + RETAINED_SEED_OFFSET
     ctx = (erasure.applied(DiffusersDenoiser(model.unet, model.alphas_cumprod))
            if erasure is not None else contextlib.nullcontext())
     with ctx:
-        img_e = generate(model, erased_set.prompts, [seed + i for i in range(len(erased_set))],
-                         steps=steps)
-        img_r = generate(model, retained_set.prompts,
-                         [seed + RETAINED_SEED_OFFSET + i for i in range(len(retained_set))], steps=steps)
+        return generate(model, prompts.prompts, [first + i for i in range(len(prompts))],
+                        steps=steps)
+
+
+@torch.no_grad()
+def evaluate(model: ToyModel, judges: dict, concepts: Sequence[str],
+             erasure: EraseResult | None = None, seed: int = EVAL_SEED, repeats: int = 2,
+             steps: int = 20, with_clip: bool = True, retained_repeats: int | None = None,
+             images: tuple[torch.Tensor, torch.Tensor] | None = None) -> Evaluation:
+    """Generate the erased and retained prompt sets (``repeats`` per caption, or
+    ``retained_repeats`` for the retained set) and measure them; ``images`` = (erased, retained)
+    made beforehand by ``evaluation_images`` with the same settings skips the generation."""
+    erased_set, _ = split_prompts(concepts, repeats)
+    _, retained_set = split_prompts(concepts, retained_repeats or repeats)
+    if images is None:
+        images = (evaluation_images(model, concepts, "erased", erasure, seed, repeats, steps),
+                  evaluation_images(model, concepts, "retained", erasure, seed,
+                                    retained_repeats or repeats, steps))
+    img_e, img_r = images
+    if (len(img_e), len(img_r)) != (len(erased_set), len(retained_set)):
+        raise ValueError(f"images: {len(img_e)} erased and {len(img_r)} retained given, the "
+                         f"settings make {len(erased_set)} and {len(retained_set)}")
     pred_e = judge(img_e, judges)
     labels_e, labels_r = erased_set.labels(), retained_set.labels()
     still, pairs = 0, 0
