@@ -16,7 +16,7 @@ from unlearn_core.toyworld.phrasings import (
     neighbours,
     tidy,
 )
-from unlearn_core.toyworld.settings import AXES
+from unlearn_core.toyworld.settings import AXES, VOCABULARY
 
 FAST = dict(resolution=8, sampling_steps=4, lr=1e-3)
 
@@ -131,7 +131,7 @@ def test_context_prompts_follow_the_prompt_length_rule():
                             count_tokens=lambda text: len(text.split()))
 
 
-@pytest.mark.parametrize("concept", [c for values in AXES.values() for c in values])
+@pytest.mark.parametrize("concept", VOCABULARY)
 def test_toy_contexts_name_the_concept_and_anchors_leave_it_out(concept):
     pairs = context_pairs(concept)
     assert len(pairs) >= 16

@@ -13,7 +13,7 @@ from unlearn_core.cli.bench import QUICK, QUICK_SETTINGS
 from unlearn_core.toyworld import load_judges, load_toy_model
 from unlearn_core.toyworld.erasure import erase_toy, toy_config
 from unlearn_core.toyworld.evaluate import evaluate, retention_ratio, split_prompts
-from unlearn_core.toyworld.settings import AXES
+from unlearn_core.toyworld.settings import AXES, VOCABULARY
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +98,7 @@ def test_demo_runs_for_every_kind_of_concept(concept, tmp_path, capsys):
         assert (out / "summary.json").stat().st_mtime_ns == stamp
 
 
-@pytest.mark.parametrize("concept", [c for axis in AXES.values() for c in axis])
+@pytest.mark.parametrize("concept", VOCABULARY)
 def test_demo_grid_rows_come_from_the_sets_and_vary(concept):
     from unlearn_core.cli.demo import GRID_ROWS, varied_prompts
 
@@ -159,7 +159,7 @@ def test_bench_concepts_gives_one_row_per_concept(tmp_path):
     from unlearn_core.cli.bench import concept_tasks
     from unlearn_core.errors import ConfigError
 
-    assert concept_tasks("all") == [v for values in AXES.values() for v in values]
+    assert concept_tasks("all") == list(VOCABULARY)
     assert concept_tasks("red, solid+cross") == ["red", "solid+cross"]
     with pytest.raises(ConfigError, match="--concepts = 'purple'.*use 'all' or some of"):
         concept_tasks("red,purple")

@@ -177,14 +177,14 @@ def run(args: argparse.Namespace) -> int:
 def concept_tasks(text: str) -> list[str]:
     """The tasks of ``--concepts``: 'all' = every vocabulary item alone; else the comma list, each
     item a concept or several joined by '+' (checked against the vocabulary)."""
-    from ..toyworld.settings import AXES
+    from ..toyworld.settings import VOCABULARY
 
     if text.strip() == "all":
-        return [v for values in AXES.values() for v in values]
+        return list(VOCABULARY)
     tasks = [t.strip() for t in text.split(",") if t.strip()]
     if not tasks:
         raise ConfigError("--concepts", text, "no concept given", "give 'all' or a comma list")
-    words = [v for values in AXES.values() for v in values]
+    words = list(VOCABULARY)
     for task in tasks:
         for concept in task.split("+"):
             if concept not in words:

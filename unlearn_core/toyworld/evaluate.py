@@ -30,7 +30,7 @@ from ..result import EraseResult
 from .generation import PromptSet, all_prompts, generate
 from .judges import judge
 from .model import ToyModel
-from .settings import AXES, TASKS  # noqa: F401 (TASKS: importable from here too)
+from .settings import AXES, TASKS, VOCABULARY  # noqa: F401 (TASKS: importable from here too)
 
 # Evaluation noise: erased image i has seed EVAL_SEED + i, retained image i EVAL_SEED +
 # RETAINED_SEED_OFFSET + i (prompts in the order of ``split_prompts``).
@@ -43,7 +43,7 @@ def concept_axis(concept: str) -> tuple[str, int]:
     for axis, values in AXES.items():
         if concept in values:
             return axis, values.index(concept)
-    words = ", ".join(v for vals in AXES.values() for v in vals)
+    words = ", ".join(VOCABULARY)
     raise ConfigError("concepts", concept, "not a toy-world concept", f"use one of: {words}")
 
 

@@ -22,7 +22,7 @@ import itertools
 from collections.abc import Sequence
 
 from .dataset import PHRASINGS
-from .settings import AXES
+from .settings import AXES, VOCABULARY
 
 _SLOT = {"shape": "s", "colour": "c", "texture": "t"}
 _VALUES = {"s": "shape", "c": "colour", "t": "texture"}
@@ -42,7 +42,7 @@ def axis_of(concept: str) -> str:
             return axis
     from ..errors import ConfigError
 
-    words = ", ".join(v for vals in AXES.values() for v in vals)
+    words = ", ".join(VOCABULARY)
     raise ConfigError("concepts", concept, "not a toy-world concept", f"use one of: {words}")
 
 

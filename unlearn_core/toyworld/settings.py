@@ -12,6 +12,7 @@ SHAPES = ("circle", "square", "triangle", "cross")
 COLOURS = ("red", "green", "blue", "yellow")
 TEXTURES = ("solid", "striped", "dotted")
 AXES = {"shape": SHAPES, "colour": COLOURS, "texture": TEXTURES}
+VOCABULARY = SHAPES + COLOURS + TEXTURES  # every toy concept, axis by axis
 
 # Short-run settings for the toy world (16x16 images, 300 steps), chosen by measurement on the toy
 # world (BENCHMARKS.md) so that the *returned* model, the EMA teacher, erases: with SDD's decay
