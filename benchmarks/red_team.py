@@ -1,7 +1,9 @@
 """Red-team benchmark on the toy world: how far do the attacks bring an erased concept back?
 
-For each concept (a shape, a colour, a texture) and training seed, each erasure -- untouched, SDD
-(l2), ESD, UCE, robust SDD (``robust="adversarial"``) -- is attacked by the concept inversion and
+For each concept (a shape, a colour, a texture) and training seed, each erasure -- untouched, ESD
+(the engine's default objective), SDD (``objective="sdd"``), UCE, robust (the defaults with
+``robust="adversarial"``), all with the toy settings (``toyworld.settings.TOY_SETTINGS``) -- is
+attacked by the concept inversion and
 the prompt attack (``unlearn_core.attacks``, attack seed = training seed) and probed by the
 partial-diffusion probe; each attack's success rate (judge confidence >= 0.5 on 16 images), the
 erasure's efficacy and retention (``toyworld.evaluate``, 1 repeat) and UNet evaluations are
@@ -26,12 +28,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-METHODS = ("untouched", "sdd", "esd", "uce", "robust")
-# the toy benchmark's erasure settings on top of toyworld.settings.TOY_SETTINGS (150 steps with
-# EMA 0.95: the short run of BENCHMARKS.md §2a)
-TRAIN = dict(steps=150, ema_decay=0.95)
-ROBUST = dict(robust="adversarial", robust_every=5, robust_inner_steps=5, robust_tokens=4,
-              robust_weight=1.0)
+METHODS = ("untouched", "esd", "sdd", "uce", "robust")
+# every training method runs the toy settings (toyworld.settings.TOY_SETTINGS) and the engine's
+# defaults; "esd" is the default objective, "sdd" the self-distillation target, "robust" the
+# defaults with robust="adversarial" (its own settings are EraseConfig's defaults unless --robust
+# overrides them)
+OBJECTIVE = {"esd": {}, "sdd": dict(objective="sdd"), "robust": dict(robust="adversarial")}
 
 
 def erase(world, concept: str, method: str, seed: int, robust: dict):
@@ -41,11 +43,7 @@ def erase(world, concept: str, method: str, seed: int, robust: dict):
         return None
     if method == "uce":
         return erase_toy(world.model, toy_config((concept,), method="uce", seed=seed))
-    extra = dict(TRAIN)
-    if method == "esd":
-        extra["objective"] = "esd"
-    if method == "robust":
-        extra.update(robust)
+    extra = dict(OBJECTIVE[method], **(robust if method == "robust" else {}))
     return erase_toy(world.model, toy_config((concept,), seed=seed, **extra))
 
 
@@ -61,7 +59,7 @@ def run(args: argparse.Namespace) -> None:
     from unlearn_core.toyworld.world import load_toy_world, toy_judge_scorer
 
     world, judges, scorer = load_toy_world(), load_judges(), toy_judge_scorer()
-    robust = dict(ROBUST, **json.loads(args.robust)) if args.robust else ROBUST
+    robust = json.loads(args.robust) if args.robust else {}
     args.out.mkdir(parents=True, exist_ok=True)
     log = args.out / "runs.jsonl"
     concepts = args.concepts.split(",")
@@ -86,6 +84,8 @@ def run(args: argparse.Namespace) -> None:
                     row["unet_evals"] = meta.get("unet_evals_nograd", 0) + meta.get(
                         "unet_evals_grad", 0)
                     row["adversarial_evals"] = meta.get("unet_evals_adversarial", 0)
+                    if "robust" in meta:
+                        row["robust"] = meta["robust"]
                     ev = evaluate(world.model, judges, [concept], result, repeats=1,
                                   with_clip=False)
                     row["efficacy"] = ev.efficacy
@@ -152,7 +152,7 @@ def table(path: Path) -> str:
         def attack_cell(kind: str, key: str = "asr", fmt: str = ".2f", rs: list = rs) -> str:
             return cell([r[kind][key] for r in rs if kind in r], fmt)
 
-        name = "robust SDD" if method == "robust" else method
+        name = method
         lines.append(
             f"| {concept} | {name} | {len(rs)} | {cell([r['efficacy'] for r in rs], '.2f')} | "
             f"{cell([r['retention'] for r in rs], '.3f')} | "

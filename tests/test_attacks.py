@@ -214,8 +214,9 @@ def test_robust_erasure_counts_its_cost_and_records_its_budget():
     cfg = EraseConfig(concepts=("x",), steps=4, resolution=8, batch_size=2, robust="adversarial",
                       robust_every=2, robust_inner_steps=3, robust_tokens=2)
     result = erase(base, tiny_conditioning(), cfg, callback=infos.append)
-    # images: 8 x 10 steps x CFG 2; inner: 2 runs x 3 steps x batch 2; outer: 4 x (2 + 2)
-    adv = 8 * 10 * 2 + 2 * 3 * 2 + 4 * 4
+    # images: 8 x 10 steps x CFG 2; inner: 2 runs x 3 steps x batch 2; outer (objective esd):
+    # 4 steps x (2 with gradient + 2 x 2 for the base model's target)
+    adv = 8 * 10 * 2 + 2 * 3 * 2 + 4 * (2 + 2 * 2)
     assert infos[-1].adversarial_evals == adv == result.metadata["unet_evals_adversarial"]
     plain = erase(base, tiny_conditioning(), cfg.replace(robust="none"))
     total = result.metadata["unet_evals_grad"] + result.metadata["unet_evals_nograd"]
@@ -223,6 +224,54 @@ def test_robust_erasure_counts_its_cost_and_records_its_budget():
     assert infos[-1].unet_evals == total
     meta = result.metadata["robust"]
     assert meta["inner_runs"] == 2 and meta["inner_steps"] == 3 and meta["every"] == 2
+    # objective sdd: the outer target is one pass (the student's empty prompt) per image
+    sdd = erase(base, tiny_conditioning(), cfg.replace(objective="sdd"))
+    assert sdd.metadata["unet_evals_adversarial"] == 8 * 10 * 2 + 2 * 3 * 2 + 4 * (2 + 2)
+
+
+def test_robust_term_targets_the_objective_and_trains_every_adversary():
+    """Under esd the adversarial prediction is pulled to the frozen base model's negative
+    guidance away from the concept prompt (deltas off), under sdd to the student's empty-prompt
+    prediction; the outer batch holds every kind of adversary learned so far, in turn."""
+    from unlearn_core.delta import DeltaSet
+    from unlearn_core.objectives import esd_target
+    from unlearn_core.robust import KINDS, AdversarialTerm
+    from unlearn_core.selection import select_layers
+
+    base = tiny_denoiser(0)
+    cond = tiny_conditioning()
+    cfg = EraseConfig(concepts=("x",), steps=4, resolution=8, batch_size=4, robust="adversarial",
+                      robust_every=1, robust_inner_steps=1, robust_tokens=2)
+    deltas = DeltaSet(select_layers(base.module, cfg.selection), "full", 4, 4.0,
+                      torch.Generator().manual_seed(0), torch.device("cpu"))
+    with torch.no_grad():
+        for p in deltas.parameters():
+            p.normal_(0, 0.1)
+    deltas.attach()
+    try:
+        term = AdversarialTerm(base, deltas, cond, cfg, (4, 8, 8), torch.device("cpu"),
+                               torch.float32)
+        x = torch.randn(2, 4, 8, 8)
+        t = torch.tensor([10, 500])
+        empty = cond.empty.expand(2, -1, -1)
+        expected = esd_target(base, deltas, x, t, cond.concepts[0].expand(2, -1, -1), empty,
+                              cfg.esd_eta)
+        assert torch.allclose(term._target(x, t, 0), expected)
+        with torch.no_grad():
+            student_empty = base(x, t, empty)
+        assert not torch.allclose(expected, student_empty)
+        term.config = cfg.replace(objective="sdd")
+        assert torch.allclose(term._target(x, t, 0), student_empty)
+        term.config = cfg
+        term.term(0, 0)  # first inner run: the prompt attack only
+        assert term.learned[0] == [KINDS[0]]
+        assert torch.equal(term._adversarial_batch(0, 2)[1], term.adversaries[0][KINDS[0]][0])
+        term.term(1, 0)  # second: the inversion; the batch alternates between the two
+        batch = term._adversarial_batch(0, 4)
+        for i in range(4):
+            assert torch.equal(batch[i], term.adversaries[0][KINDS[i % 2]][0])
+    finally:
+        deltas.detach_hooks()
 
 
 def test_robust_weight_zero_changes_nothing_under_either_objective():

@@ -204,12 +204,13 @@ class EraseConfig:
     robust: str = _f(
         "none", "adversarial: every robust_every steps an inner loop finds conditioning rows that "
         "bring the concept back in the current student (the red-team attacks), and the erasure "
-        "erases those too (AdvUnlearn/STEREO-style; objective sdd). Costs more UNet evaluations: "
-        "see StepInfo.adversarial_evals and the metadata.", choices=ROBUST_MODES,
+        "erases those too (AdvUnlearn/STEREO-style): under them the concept's images are pulled to "
+        "the objective's own target. Costs more UNet evaluations: see StepInfo.adversarial_evals "
+        "and the metadata.", choices=ROBUST_MODES,
     )
-    robust_every: int = _f(10, "robust: steps between two runs of the inner attack.", min=1,
+    robust_every: int = _f(5, "robust: steps between two runs of the inner attack.", min=1,
                            ui=dict(max=100_000))
-    robust_inner_steps: int = _f(5, "robust: optimisation steps of each inner attack (its budget: "
+    robust_inner_steps: int = _f(10, "robust: optimisation steps of each inner attack (its budget: "
                                  "robust_inner_steps x batch_size UNet evaluations).", min=1,
                                  ui=dict(max=10_000))
     robust_tokens: int = _f(4, "robust: conditioning rows the inner attack optimises.", min=1,

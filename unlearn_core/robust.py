@@ -4,7 +4,7 @@ use to bring it back.
 After AdvUnlearn ("Defensive Unlearning with Adversarial Training for Robust Concept Erasure in
 Diffusion Models", Zhang et al. 2024) and STEREO ("STEREO: A Two-Stage Framework for Adversarially
 Robust Concept Erasing from Text-to-Image Diffusion Models", Srivatsan et al. 2025), as a bilevel
-loop inside SDD:
+loop inside the erasure:
 
 - inner (every ``robust_every`` steps): the attack of ``unlearn_core.attacks`` against the *current
   student* -- ``robust_inner_steps`` Adam steps on ``robust_tokens`` conditioning rows, minimising
@@ -12,15 +12,20 @@ loop inside SDD:
   the first step: ``ROBUST_IMAGES`` per concept). Two adversaries per concept, warm-started from
   their last rows, in turn: rows appended to the concept prompt (the prompt attack) and new rows
   in the empty prompt (the concept inversion);
-- outer (every step): the student's prediction under the latest adversarial conditioning, on
-  noised concept images, is pulled to its own empty-prompt prediction (SDD's target, no grad),
-  times ``robust_weight``, added to the objective's loss (the term is the same under either
-  objective). The retain and anchor terms of the trainer still hold the base model's predictions
-  on the prompts they name.
+- outer (every step): on noised concept images, the student's prediction under the adversaries'
+  conditioning (every kind learned so far, in turn over the batch) is pulled to the objective's
+  target for the concept, times ``robust_weight``, added to the objective's loss. Under ``esd``
+  (AdvUnlearn's formulation) that target is the frozen base model's negative guidance away from
+  the *concept prompt*, e_0 - eta (e_c - e_0), deltas off: whatever conditioning the attacker
+  finds, the student is to predict what the erasure predicts for the concept itself. Under
+  ``sdd`` it is the student's own empty-prompt prediction (no grad). The retain and anchor terms
+  of the trainer still hold the base model's predictions on the prompts they name.
 
-Cost per step: ``batch_size`` UNet evaluations with gradient and ``batch_size`` without (the outer
-term), plus ``robust_inner_steps * batch_size`` with gradient every ``robust_every`` steps, and the
-concept images once. ``StepInfo.adversarial_evals`` and the metadata count them.
+Cost per step: ``batch_size`` UNet evaluations with gradient and ``2 * batch_size`` without under
+``esd`` (``batch_size`` under ``sdd``) for the outer term, plus ``robust_inner_steps *
+batch_size`` with gradient every ``robust_every`` steps, and the concept images once
+(``ROBUST_IMAGES`` x ``sampling_steps`` x 2 with guidance). ``StepInfo.adversarial_evals`` and the
+metadata count them.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from .config import EraseConfig
 from .delta import DeltaSet
 from .denoiser import Denoiser
 from .losses import LOSSES
+from .objectives import esd_target
 from .sampling import EvalCounter, ddim_sample
 
 Tensor = torch.Tensor
@@ -62,7 +68,7 @@ class AdversarialTerm:
         self.adversaries = [{"prompt_attack": c, "concept_inversion": cond.empty}
                             for c in cond.concepts]
         self.turn = [0] * len(cond.concepts)
-        self.latest = [c for c in cond.concepts]
+        self.learned: list[list[str]] = [[] for _ in cond.concepts]  # kinds attacked so far
         self.inner_runs = 0
         self.last_inner_loss = float("nan")
         self.evals = evals if evals is not None else EvalCounter()
@@ -96,19 +102,9 @@ class AdversarialTerm:
         if not self.targets:
             self._make_targets()
         if step % cfg.robust_every == 0:  # inner loop: attack the current student
-            kind = KINDS[self.turn[concept] % len(KINDS)]
-            self.turn[concept] += 1
-            learned = learn_context(self.denoiser, self.adversaries[concept][kind],
-                                    self.rows[kind], self.targets[concept],
-                                    cfg.robust_inner_steps, cfg.batch_size, INNER_LR, self.bound,
-                                    self.generator)
-            adv = learned.context.to(self.device, self.dtype)
-            self.adversaries[concept][kind] = adv
-            self.latest[concept] = adv
-            self._spend(grad=learned.grad_evals)
-            self.inner_runs += 1
-            self.last_inner_loss = learned.losses[-1]
-        # outer term on noised concept images: the adversary's prediction -> the empty prompt's
+            self._inner(concept)
+        # outer term on noised concept images: the student under the adversaries' conditioning
+        # is pulled to the objective's target for the concept
         batch = cfg.batch_size
         x0 = self.targets[concept]
         ab = self.denoiser.alphas_cumprod
@@ -118,11 +114,47 @@ class AdversarialTerm:
         a = ab[t].to(self.device, torch.float32).view(-1, 1, 1, 1)
         x_t = (a.sqrt() * x0[pick.to(self.device)] + (1 - a).sqrt() * noise).to(self.dtype)
         t = t.to(self.device)
-        with torch.no_grad():
-            target = self.denoiser(x_t, t, self.cond.empty.expand(batch, -1, -1)).float()
-        eps = self.denoiser(x_t, t, self.latest[concept].expand(batch, -1, -1)).float()
-        self._spend(grad=batch, nograd=batch)
+        target = self._target(x_t, t, concept).float()
+        eps = self.denoiser(x_t, t, self._adversarial_batch(concept, batch)).float()
+        self._spend(grad=batch)
         return cfg.robust_weight * LOSSES["l2"](eps, target)
+
+    def _inner(self, concept: int) -> None:
+        """One inner attack on the current student: the next kind's adversary of ``concept``,
+        warm-started from its last rows."""
+        cfg = self.config
+        kind = KINDS[self.turn[concept] % len(KINDS)]
+        self.turn[concept] += 1
+        learned = learn_context(self.denoiser, self.adversaries[concept][kind], self.rows[kind],
+                                self.targets[concept], cfg.robust_inner_steps, cfg.batch_size,
+                                INNER_LR, self.bound, self.generator)
+        self.adversaries[concept][kind] = learned.context.to(self.device, self.dtype)
+        if kind not in self.learned[concept]:
+            self.learned[concept].append(kind)
+        self._spend(grad=learned.grad_evals)
+        self.inner_runs += 1
+        self.last_inner_loss = learned.losses[-1]
+
+    def _adversarial_batch(self, concept: int, batch: int) -> Tensor:
+        """(batch, L, D): the adversaries of ``concept`` of every kind learned so far, in turn
+        over the rows."""
+        kinds = [self.adversaries[concept][k] for k in self.learned[concept]]
+        return torch.cat([kinds[i % len(kinds)] for i in range(batch)])
+
+    @torch.no_grad()
+    def _target(self, x_t: Tensor, t: Tensor, concept: int) -> Tensor:
+        """What the adversarial prediction is pulled to: under ``esd`` the frozen base model's
+        negative guidance away from the concept prompt (as the objective's own target), under
+        ``sdd`` the student's empty-prompt prediction."""
+        batch = x_t.shape[0]
+        empty = self.cond.empty.expand(batch, -1, -1)
+        if self.config.objective == "esd":
+            self._spend(nograd=2 * batch)
+            return esd_target(self.denoiser, self.deltas, x_t, t,
+                              self.cond.concepts[concept].expand(batch, -1, -1), empty,
+                              self.config.esd_eta)
+        self._spend(nograd=batch)
+        return self.denoiser(x_t, t, empty)
 
     def metadata(self) -> dict:
         cfg = self.config
