@@ -59,23 +59,15 @@ def parse_targets(concepts: str, sets: list[str]) -> list[tuple[str, ...]]:
 
 
 def parse_overrides(pairs: list[str]) -> dict:
-    """``KEY=VALUE`` pairs -> config overrides; a value is read as JSON (numbers, true, null)
-    where it parses, else kept as a string (``loss=cramer_wold``)."""
-    from unlearn_core.config import EraseConfig
+    """``KEY=VALUE`` pairs -> config overrides, each value read as its EraseConfig field's type
+    (as ``unlearn bench --set`` reads them); a bad pair ends the script with one line."""
+    from unlearn_core.cli.common import parse_settings
+    from unlearn_core.errors import ConfigError
 
-    fields = set(EraseConfig.__dataclass_fields__)
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        key = key.strip()
-        if not sep or key not in fields:
-            raise SystemExit(f"--set-config/--vary: expected KEY=VALUE with KEY an EraseConfig "
-                             f"field, got {pair!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
+    try:
+        return parse_settings(pairs, flag="--set-config/--vary")
+    except ConfigError as e:
+        raise SystemExit(str(e)) from None
 
 
 def variants(fixed: list[str], vary: list[str]) -> list[dict]:

@@ -39,7 +39,7 @@ from .delta import DeltaSet
 from .denoiser import Denoiser
 from .losses import LOSSES
 from .objectives import esd_target
-from .sampling import EvalCounter, ddim_sample
+from .sampling import EvalCounter, ddim_sample, single_pass
 
 Tensor = torch.Tensor
 
@@ -95,7 +95,7 @@ class AdversarialTerm:
                                  cfg.sampling_steps)
             self.targets.append(x0.float())
             self._spend(nograd=ROBUST_IMAGES * cfg.sampling_steps * (
-                1 if cfg.guidance in (0.0, 1.0) else 2))
+                1 if single_pass(cfg.guidance, False) else 2))
 
     def term(self, step: int, concept: int) -> Tensor:
         cfg = self.config

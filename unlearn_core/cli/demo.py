@@ -136,26 +136,25 @@ def _world() -> dict:
 
 
 def _measure_untouched(concept: str, grid_prompts: list[str]):
-    """The untouched model's evaluation, unconditional floor and grid images (kept here too: the
-    scores of the erasure so far are compared with them)."""
+    """The untouched model's evaluation, unconditional floor and grid images; its scores on the
+    captions scored during training are kept here (the erasure so far is compared with them)."""
+    import torch
+
     from ..toyworld.evaluate import evaluate, uncond_rate
 
     model, judges = _world()["model"], _WORLD["judges"]
     before = evaluate(model, judges, [concept], **EVAL)
-    _WORLD["before"] = before
+    probe = _WORLD["probe"] = _probe_set(concept)
+    _WORLD["untouched_scores"] = _probe_scores(probe, concept, torch.cat(
+        [before.images_erased[: probe["n"]], before.images_retained[probe["keep"]]]))
     return before, uncond_rate(model, judges, [concept], n=48), _grid_images(model, grid_prompts)
 
 
 def _score_so_far(concept: str, step: int, steps: int, config, deltas) -> tuple[str, float]:
     """The line printed for the erasure so far, and the seconds it took to score."""
-    import torch
-
     started = time.perf_counter()
-    probe = _probe_set(concept)
-    eff, acc, clip = _probe_scores(probe, concept, config=config, deltas=deltas)
-    before = _WORLD["before"]
-    eff0, acc0, clip0 = _probe_scores(probe, concept, torch.cat(
-        [before.images_erased[: probe["n"]], before.images_retained[probe["keep"]]]))
+    eff, acc, clip = _probe_scores(_WORLD["probe"], concept, config=config, deltas=deltas)
+    eff0, acc0, clip0 = _WORLD["untouched_scores"]  # scored once, by _measure_untouched
     line = (f"step {step}/{steps}, erasure so far (EMA teacher): still judged {concept} "
             f"{eff:.2f} (untouched {eff0:.2f}), retention {acc / max(acc0, 1e-9):.2f}, CLIP score "
             f"erased prompts {clip:.1f} (untouched {clip0:.1f})")
