@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> None:
     kinds = ("concept_inversion", "prompt_attack", "probe")
     budget = dict(steps=args.attack_steps, batch_size=args.attack_batch,
                   seeds=tuple(range(args.images)), psis=tuple(args.psis))
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.seeds):
         for concept in concepts:
             for method in args.methods.split(","):
                 if method == "untouched" and seed >= args.untouched_seeds:
@@ -168,7 +168,9 @@ def main() -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--concepts", default="cross,red,striped")
     p.add_argument("--methods", default=",".join(METHODS))
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seeds", type=int, default=3, help="training seeds first-seed .. seeds-1")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="the first training seed (e.g. 2 with --seeds 3: seed 2 alone)")
     p.add_argument("--attack-steps", type=int, default=150)
     p.add_argument("--attack-batch", type=int, default=8)
     p.add_argument("--images", type=int, default=16, help="judged images per attack")
