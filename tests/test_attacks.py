@@ -209,14 +209,17 @@ def test_wilson_interval():
 # ---- adversarial erasure ------------------------------------------------------------------
 
 def test_robust_erasure_counts_its_cost_and_records_its_budget():
+    from unlearn_core.robust import ROBUST_IMAGES
+
     base = tiny_denoiser(0)
     infos = []
     cfg = EraseConfig(concepts=("x",), steps=4, resolution=8, batch_size=2, robust="adversarial",
                       robust_every=2, robust_inner_steps=3, robust_tokens=2)
     result = erase(base, tiny_conditioning(), cfg, callback=infos.append)
-    # images: 8 x 10 steps x CFG 2; inner: 2 runs x 3 steps x batch 2; outer (objective esd):
-    # 4 steps x (2 with gradient + 2 x 2 for the base model's target)
-    adv = 8 * 10 * 2 + 2 * 3 * 2 + 4 * (2 + 2 * 2)
+    # images: ROBUST_IMAGES x 10 steps x CFG 2; inner: 2 runs x 3 steps x batch 2; outer
+    # (objective esd): 4 steps x (2 with gradient + 2 x 2 for the base model's target)
+    images = ROBUST_IMAGES * 10 * 2
+    adv = images + 2 * 3 * 2 + 4 * (2 + 2 * 2)
     assert infos[-1].adversarial_evals == adv == result.metadata["unet_evals_adversarial"]
     plain = erase(base, tiny_conditioning(), cfg.replace(robust="none"))
     total = result.metadata["unet_evals_grad"] + result.metadata["unet_evals_nograd"]
@@ -226,7 +229,7 @@ def test_robust_erasure_counts_its_cost_and_records_its_budget():
     assert meta["inner_runs"] == 2 and meta["inner_steps"] == 3 and meta["every"] == 2
     # objective sdd: the outer target is one pass (the student's empty prompt) per image
     sdd = erase(base, tiny_conditioning(), cfg.replace(objective="sdd"))
-    assert sdd.metadata["unet_evals_adversarial"] == 8 * 10 * 2 + 2 * 3 * 2 + 4 * (2 + 2)
+    assert sdd.metadata["unet_evals_adversarial"] == images + 2 * 3 * 2 + 4 * (2 + 2)
 
 
 def test_robust_term_targets_the_objective_and_trains_every_adversary():
@@ -270,6 +273,54 @@ def test_robust_term_targets_the_objective_and_trains_every_adversary():
         batch = term._adversarial_batch(0, 4)
         for i in range(4):
             assert torch.equal(batch[i], term.adversaries[0][KINDS[i % 2]][0])
+    finally:
+        deltas.detach_hooks()
+
+
+def test_robust_pool_restarts_fresh_and_the_batch_draws_from_every_member(monkeypatch):
+    """Every RESTART_EVERY-th inner run of a kind starts from the prompt's own rows and joins the
+    pool (at most POOL per kind, the oldest leaves); the runs between refine the newest; the
+    outer batch draws its rows from the pools of every kind learned, jittered inside the
+    bound."""
+    from unlearn_core import robust
+    from unlearn_core.delta import DeltaSet
+    from unlearn_core.selection import select_layers
+
+    monkeypatch.setattr(robust, "POOL", 2)
+    monkeypatch.setattr(robust, "RESTART_EVERY", 2)
+    monkeypatch.setattr(robust, "ROBUST_IMAGES", 2)
+    monkeypatch.setattr(robust, "JITTER", 0.5)
+    base = tiny_denoiser(0)
+    cond = tiny_conditioning()
+    cfg = EraseConfig(concepts=("x",), steps=4, resolution=8, batch_size=4, robust="adversarial",
+                      robust_every=1, robust_inner_steps=1, robust_tokens=2)
+    deltas = DeltaSet(select_layers(base.module, cfg.selection), "full", 4, 4.0,
+                      torch.Generator().manual_seed(0), torch.device("cpu"))
+    deltas.attach()
+    try:
+        term = robust.AdversarialTerm(base, deltas, cond, cfg, (4, 8, 8), torch.device("cpu"),
+                                      torch.float32)
+        seen = {k: [] for k in robust.KINDS}
+        for step in range(12):  # 6 runs per kind: fresh at runs 0, 2, 4
+            term.term(step, 0)
+            kind = robust.KINDS[step % 2]
+            seen[kind].append(term.pools[0][kind][-1].clone())
+        assert term.restarts == 6 and term.inner_runs == 12
+        for kind in robust.KINDS:
+            pool = term.pools[0][kind]
+            assert len(pool) == 2
+            assert torch.equal(pool[0], seen[kind][3]) and torch.equal(pool[1], seen[kind][5])
+        batch = term._adversarial_batch(0, 8)
+        for i in range(8):
+            kind = robust.KINDS[i % 2]
+            rows = term.rows[kind]
+            others = [j for j in range(cond.empty.shape[1]) if j not in rows]
+            members = term.pools[0][kind]
+            # the rows outside the attacked ones are a pool member's; the attacked ones are
+            # jittered, and stay inside the bound
+            assert any(torch.equal(batch[i, others], m[0, others]) for m in members)
+            assert not any(torch.equal(batch[i, rows], m[0, rows]) for m in members)
+            assert float(batch[i, rows].norm(dim=-1).max()) <= term.bound[kind] * (1 + 1e-5)
     finally:
         deltas.detach_hooks()
 

@@ -11,7 +11,10 @@ loop inside the erasure:
   the denoising loss on images of the concept (generated once by the base model, deltas off, at
   the first step: ``ROBUST_IMAGES`` per concept). Two adversaries per concept, warm-started from
   their last rows, in turn: rows appended to the concept prompt (the prompt attack) and new rows
-  in the empty prompt (the concept inversion);
+  in the empty prompt (the concept inversion). ``POOL``, ``RESTART_EVERY`` and ``JITTER`` (a
+  pool of adversaries with fresh restarts, noise on their rows) are off, and ``ROBUST_IMAGES``
+  stays 8: none of them, nor 32 images, lowered the attacks' success on the toy world
+  (BENCHMARKS.md §6);
 - outer (every step): on noised concept images, the student's prediction under the adversaries'
   conditioning (every kind learned so far, in turn over the batch) is pulled to the objective's
   target for the concept, times ``robust_weight``, added to the objective's loss. Under ``esd``
@@ -44,9 +47,14 @@ from .sampling import EvalCounter, ddim_sample, single_pass
 Tensor = torch.Tensor
 
 ROBUST_IMAGES = 8  # concept images (x_0) per concept, from the base model
+IMAGE_CHUNK = 8  # of those, sampled at once
 INNER_LR = 0.05  # Adam step of the inner attack, relative to the row norm bound
-NORM_SCALE = 2.0  # row norm bound of the inner attack, x the longest row of the prompts
+# row norm bound of the inner attack per kind, x the longest row of the prompts
+NORM_SCALE = {"prompt_attack": 2.0, "concept_inversion": 2.0}
 KINDS = ("prompt_attack", "concept_inversion")
+POOL = 1  # adversaries kept per concept and kind (the outer batch draws from all of them)
+RESTART_EVERY = 0  # every n-th inner run of a kind starts fresh from the prompt's rows (0: never)
+JITTER = 0.0  # outer batch: noise on the adversaries' rows, x the row bound (0: none)
 
 
 class AdversarialTerm:
@@ -62,12 +70,17 @@ class AdversarialTerm:
         length = cond.empty.shape[1]
         self.rows = {k: attacked_rows(k, length, min(config.robust_tokens, length - 1))
                      for k in KINDS}
-        self.bound = NORM_SCALE * row_bound(*cond.concepts, cond.empty)
+        longest = row_bound(*cond.concepts, cond.empty)
+        self.bound = {k: NORM_SCALE[k] * longest for k in KINDS}
         self.targets: list[Tensor] = []
-        # adversarial conditionings per concept and kind, warm-started
-        self.adversaries = [{"prompt_attack": c, "concept_inversion": cond.empty}
-                            for c in cond.concepts]
+        # where a fresh attack starts, per concept and kind: the prompt's own rows
+        self.starts = [{"prompt_attack": c, "concept_inversion": cond.empty}
+                       for c in cond.concepts]
+        # adversarial conditionings per concept and kind: a pool, the newest last
+        self.pools: list[dict[str, list[Tensor]]] = [{k: [] for k in KINDS}
+                                                     for _ in cond.concepts]
         self.turn = [0] * len(cond.concepts)
+        self.restarts = 0
         self.learned: list[list[str]] = [[] for _ in cond.concepts]  # kinds attacked so far
         self.inner_runs = 0
         self.last_inner_loss = float("nan")
@@ -88,12 +101,15 @@ class AdversarialTerm:
         cfg = self.config
         for concept in self.cond.concepts:
             x_T = torch.randn((ROBUST_IMAGES, *self.shape), generator=self.generator)
-            with self.deltas.disabled():
-                x0 = ddim_sample(self.denoiser, x_T.to(self.device, self.dtype),
-                                 concept.expand(ROBUST_IMAGES, -1, -1),
-                                 self.cond.empty.expand(ROBUST_IMAGES, -1, -1), cfg.guidance,
-                                 cfg.sampling_steps)
-            self.targets.append(x0.float())
+            x0 = []
+            for chunk in x_T.split(IMAGE_CHUNK):  # bounded memory; the same images at any chunk
+                n = chunk.shape[0]
+                with self.deltas.disabled():
+                    x0.append(ddim_sample(self.denoiser, chunk.to(self.device, self.dtype),
+                                          concept.expand(n, -1, -1),
+                                          self.cond.empty.expand(n, -1, -1), cfg.guidance,
+                                          cfg.sampling_steps).float())
+            self.targets.append(torch.cat(x0))
             self._spend(nograd=ROBUST_IMAGES * cfg.sampling_steps * (
                 1 if single_pass(cfg.guidance, False) else 2))
 
@@ -119,16 +135,33 @@ class AdversarialTerm:
         self._spend(grad=batch)
         return cfg.robust_weight * LOSSES["l2"](eps, target)
 
+    @property
+    def adversaries(self) -> list[dict[str, Tensor]]:
+        """Per concept, the newest adversary of each kind learned so far."""
+        return [{k: pool[-1] for k, pool in pools.items() if pool} for pools in self.pools]
+
     def _inner(self, concept: int) -> None:
         """One inner attack on the current student: the next kind's adversary of ``concept``,
-        warm-started from its last rows."""
+        warm-started from the newest of its pool, or every ``RESTART_EVERY``-th run of the kind
+        started fresh from the prompt's rows and added to the pool (the oldest leaves beyond
+        ``POOL``)."""
         cfg = self.config
         kind = KINDS[self.turn[concept] % len(KINDS)]
+        run = self.turn[concept] // len(KINDS)  # this kind's run count
         self.turn[concept] += 1
-        learned = learn_context(self.denoiser, self.adversaries[concept][kind], self.rows[kind],
+        pool = self.pools[concept][kind]
+        fresh = not pool or (RESTART_EVERY > 0 and run % RESTART_EVERY == 0)
+        start = self.starts[concept][kind] if fresh else pool[-1]
+        learned = learn_context(self.denoiser, start, self.rows[kind],
                                 self.targets[concept], cfg.robust_inner_steps, cfg.batch_size,
-                                INNER_LR, self.bound, self.generator)
-        self.adversaries[concept][kind] = learned.context.to(self.device, self.dtype)
+                                INNER_LR, self.bound[kind], self.generator)
+        context = learned.context.to(self.device, self.dtype)
+        if fresh:
+            pool.append(context)
+            del pool[:-POOL]
+            self.restarts += 1
+        else:
+            pool[-1] = context
         if kind not in self.learned[concept]:
             self.learned[concept].append(kind)
         self._spend(grad=learned.grad_evals)
@@ -138,8 +171,29 @@ class AdversarialTerm:
     def _adversarial_batch(self, concept: int, batch: int) -> Tensor:
         """(batch, L, D): the adversaries of ``concept`` of every kind learned so far, in turn
         over the rows."""
-        kinds = [self.adversaries[concept][k] for k in self.learned[concept]]
-        return torch.cat([kinds[i % len(kinds)] for i in range(batch)])
+        learned = self.learned[concept]
+        rows = []
+        for i in range(batch):
+            kind = learned[i % len(learned)]
+            pool = self.pools[concept][kind]
+            context = (pool[int(torch.randint(0, len(pool), (1,), generator=self.generator))]
+                       if len(pool) > 1 else pool[0])
+            if JITTER > 0:
+                context = self._jitter(context, kind)
+            rows.append(context)
+        return torch.cat(rows)
+
+    def _jitter(self, context: Tensor, kind: str) -> Tensor:
+        """``context`` with Gaussian noise on the attacked rows (about ``JITTER`` x the bound in
+        length), each row projected back inside the bound."""
+        index = torch.tensor(self.rows[kind], device=context.device)
+        bound = self.bound[kind]
+        noise = torch.randn((len(index), context.shape[-1]), generator=self.generator)
+        noise = noise.to(context.device, torch.float32) * (JITTER * bound / context.shape[-1] ** 0.5)
+        rows = context[0, index].float() + noise
+        norms = rows.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+        rows = rows * (norms.clamp(max=bound) / norms)
+        return context.index_put((torch.zeros_like(index), index), rows.to(context.dtype))
 
     @torch.no_grad()
     def _target(self, x_t: Tensor, t: Tensor, concept: int) -> Tensor:
@@ -161,6 +215,8 @@ class AdversarialTerm:
         return {"robust": {
             "mode": cfg.robust, "every": cfg.robust_every, "inner_steps": cfg.robust_inner_steps,
             "tokens": cfg.robust_tokens, "weight": cfg.robust_weight, "inner_runs": self.inner_runs,
-            "images_per_concept": ROBUST_IMAGES, "inner_lr": INNER_LR,
-            "row_bound": round(self.bound, 6), "last_inner_loss": self.last_inner_loss},
+            "images_per_concept": ROBUST_IMAGES, "inner_lr": INNER_LR, "pool": POOL,
+            "restart_every": RESTART_EVERY, "restarts": self.restarts, "jitter": JITTER,
+            "row_bound": {k: round(b, 6) for k, b in self.bound.items()},
+            "last_inner_loss": self.last_inner_loss},
             "unet_evals_adversarial": self.unet_evals}
