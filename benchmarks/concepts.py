@@ -130,6 +130,8 @@ def _run(job: tuple[str, int, tuple[str, ...], int, dict, str]) -> dict:
     row = {"concepts": name, "variant": variant, "method": method, "seed": seed, "efficacy": ev.efficacy,
            "floor": base["uncond_rate"], "efficacy_before": base["efficacy"],
            "retention": retention_ratio(ev, base["evaluation"]),
+           "retention_by_axis": {a: ev.retention_accuracy[a] / max(v, 1e-9)
+                                 for a, v in base["evaluation"].retention_accuracy.items()},
            "kept_on_erased_captions": ev.erased_accuracy_other_axes, "seconds": seconds,
            "unet_evals": res.metadata.get("unet_evals_nograd", 0)
            + res.metadata.get("unet_evals_grad", 0),

@@ -80,6 +80,33 @@ def test_several_concepts_taken_in_turn_and_retain_term():
     assert res.metadata["unet_evals_grad"] == 3 * 2 * (1 + 1)
 
 
+def test_retain_term_holds_the_retain_prompt_to_the_base_model():
+    """The student's retain pass shares the UNet call with the concept's (one call of 2b rows):
+    with the term on, the retain prompt's prediction stays nearer the base model's than without
+    it, while the concept is still trained."""
+    cond = tiny_conditioning(n_concepts=1, n_retain=1)
+    x = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    t = torch.tensor([900, 600, 300, 50])
+
+    def drift(weight: float) -> tuple[float, float]:
+        d = tiny_denoiser()
+        with torch.no_grad():
+            base_r = d(x, t, cond.retain[0].expand(4, -1, -1))
+            base_c = d(x, t, cond.concepts[0].expand(4, -1, -1))
+        cfg = EraseConfig(concepts=("c",), retain_prompts=("r",), retain_weight=weight,
+                          steps=20, seed=0, **(FAST | {"lr": 1e-2}))
+        res = erase(d, cond, cfg)
+        with torch.no_grad(), res.applied(d):
+            after_r = d(x, t, cond.retain[0].expand(4, -1, -1))
+            after_c = d(x, t, cond.concepts[0].expand(4, -1, -1))
+        return float((after_r - base_r).norm()), float((after_c - base_c).norm())
+
+    free_r, free_c = drift(0.0)
+    held_r, held_c = drift(1.0)
+    assert free_c > 0 and held_c > 0.25 * free_c  # the concept still moves
+    assert held_r < 0.7 * free_r, (held_r, free_r)
+
+
 def test_cancel_from_callback_and_nonfinite_loss():
     cond = tiny_conditioning()
     cfg = EraseConfig(concepts=("c",), steps=5, **FAST)

@@ -79,13 +79,30 @@ def without(caption: str, concepts: Sequence[str]) -> str:
     return tidy(" ".join(w for w in _words(caption) if w not in concepts))
 
 
+def swapped(caption: str, concept: str, value: str) -> str:
+    """``caption`` with the word ``concept`` replaced by ``value``."""
+    return tidy(" ".join(value if w == concept else w for w in _words(caption)))
+
+
 def context_pairs(concept: str, phrasings: Sequence[str] = TRAINED_PHRASINGS,
                   erased: Sequence[str] = ()) -> list[tuple[str, str]]:
-    """(caption, caption without the concept) for every caption of ``phrasings`` naming it; the
-    anchor also leaves out the other ``erased`` concepts the caption names (the target is a
-    caption none of them is in)."""
+    """(caption, anchor) for every caption of ``phrasings`` naming the concept, with two kinds
+    of anchor: the caption without the concept, and the caption with the concept replaced by
+    each other value of its kind ("a red circle" -> "a red", "a red square", "a red triangle",
+    ...). Anchors leave out every ``erased`` concept (the target is a caption none of them is in).
+
+    Both are needed: where the model's default for a kind is the concept itself (a caption
+    without a shape draws a circle in 0.60 of samples), "the caption without it" still shows it,
+    and only an anchor naming another value pulls away from it; the caption without the concept
+    keeps the erasure from becoming a swap to one particular other value."""
     gone = [concept, *erased]
-    return [(c, without(c, gone)) for p in phrasings for c in fill(p, concept)]
+    others = [v for v in AXES[axis_of(concept)] if v not in gone]
+    pairs = []
+    for phrasing in phrasings:
+        for caption in fill(phrasing, concept):
+            pairs.append((caption, without(caption, gone)))
+            pairs += [(caption, without(swapped(caption, concept, v), erased)) for v in others]
+    return pairs
 
 
 def neighbours(concepts: Sequence[str], phrasings: Sequence[str] = TRAINED_PHRASINGS
@@ -96,10 +113,9 @@ def neighbours(concepts: Sequence[str], phrasings: Sequence[str] = TRAINED_PHRAS
     for concept in concepts:
         for caption, _ in context_pairs(concept, phrasings):
             for value in AXES[axis_of(concept)]:
-                swapped = " ".join(value if w == concept else w for w in _words(caption))
-                swapped = tidy(swapped)
-                if value != concept and not set(_words(swapped)) & set(concepts):
-                    out.add(swapped)
+                other = swapped(caption, concept, value)
+                if value != concept and not set(_words(other)) & set(concepts):
+                    out.add(other)
     return tuple(sorted(out))
 
 
@@ -110,10 +126,13 @@ def caption_length(caption: str) -> int:
 
 def efficacy_by_phrasing(model, judges, concepts: Sequence[str], erasure=None, repeats: int = 1,
                          seed: int = 30_000, steps: int = 20,
-                         phrasings: Sequence[str] = EVAL_PHRASINGS) -> dict[str, dict]:
+                         phrasings: Sequence[str] = EVAL_PHRASINGS,
+                         min_images: int = 12) -> dict[str, dict]:
     """Efficacy of ``erasure`` (None = the untouched model) per phrasing and per caption length:
     {"phrasing": {template: rate}, "length": {words: rate}, "n": {template: images}}. Every
-    caption of each phrasing that names an erased concept, ``repeats`` images each, the same
+    caption of each phrasing that names an erased concept, ``repeats`` images each and more where
+    a phrasing has few captions, so that each phrasing is judged on at least ``min_images``
+    images ("a circle" is one caption: one image would make its rate 0 or 1 by chance). The same
     noise for every model (image i has seed ``seed + i``)."""
     import contextlib
 
@@ -125,9 +144,10 @@ def efficacy_by_phrasing(model, judges, concepts: Sequence[str], erasure=None, r
 
     items: list[tuple[str, str, str]] = []  # (phrasing, caption, concept)
     for phrasing in phrasings:
-        for concept in concepts:
-            for caption in fill(phrasing, concept):
-                items += [(phrasing, caption, concept)] * repeats
+        captions = [(caption, concept) for concept in concepts for caption in fill(phrasing, concept)]
+        times = max(repeats, -(-min_images // len(captions))) if captions else 0
+        for caption, concept in captions:
+            items += [(phrasing, caption, concept)] * times
     ctx = (erasure.applied(DiffusersDenoiser(model.unet, model.alphas_cumprod))
            if erasure is not None else contextlib.nullcontext())
     with ctx, torch.no_grad():
