@@ -144,33 +144,20 @@ def test_toy_contexts_name_the_concept_and_anchors_leave_it_out(concept):
     assert held and all(concept not in p.replace(",", " ").split() for p in held)
 
 
-def test_toy_anchors_name_another_value_of_the_kind_or_none():
-    """Each caption is paired with itself without the concept and with the concept swapped for
-    each other value of its kind that is not erased; no anchor names an erased concept."""
-    pairs = context_pairs("circle", erased=("circle", "square"))
-    by_caption: dict[str, set[str]] = {}
-    for caption, anchor in pairs:
-        by_caption.setdefault(caption, set()).add(anchor)
-    assert by_caption["a red circle"] == {"a red", "a red triangle", "a red cross"}
-    assert by_caption["a circle, dotted"] == {"a, dotted", "a triangle, dotted", "a cross, dotted"}
-    assert len(pairs) == 3 * len(by_caption)
-    for anchor in {a for _, a in pairs}:
-        assert not {"circle", "square"} & set(anchor.replace(",", " ").split())
-    # every other value erased: only the caption without them is left
-    all_colours = context_pairs("red", erased=AXES["colour"])
-    assert {a for c, a in all_colours if c == "a red circle"} == {"a circle"}
+def test_each_phrasing_is_judged_on_at_least_min_images():
+    """"a circle" is one caption: the phrasing's rate is judged on 12 images of it (new seeds),
+    not on one; a phrasing with more captions than that keeps one image per caption."""
+    from unlearn_core.toyworld import load_judges, load_toy_model
+    from unlearn_core.toyworld.phrasings import efficacy_by_phrasing
 
-
-def test_toy_training_holds_the_neighbours_and_uce_does_not():
-    from unlearn_core.toyworld.erasure import toy_config
-
-    cfg = toy_config(["red"])
-    assert cfg.retain_weight > 0 and cfg.retain_prompts == neighbours(["red"])
-    assert "a blue circle" in cfg.retain_prompts
-    assert toy_config(["red"], retain_weight=0.0).retain_weight == 0.0
-    assert toy_config(["red"], retain_prompts=("a cross",)).retain_prompts == ("a cross",)
-    uce = toy_config(["red"], method="uce")
-    assert uce.retain_prompts == () and uce.retain_weight == 0.0
+    model, judges = load_toy_model(), load_judges()
+    out = efficacy_by_phrasing(model, judges, ["circle"], steps=2,
+                               phrasings=("a {s}", "a {c} {s}", "a {c} {s}, {t}"))
+    assert out["n"] == {"a {s}": 12, "a {c} {s}": 12, "a {c} {s}, {t}": 12}
+    few = efficacy_by_phrasing(model, judges, ["circle"], steps=2, phrasings=("a {s}",),
+                               min_images=3, repeats=2)
+    assert few["n"] == {"a {s}": 3}
+    assert all(0.0 <= v <= 1.0 for v in out["phrasing"].values())
 
 
 def test_toy_neighbours_leave_out_every_erased_concept():

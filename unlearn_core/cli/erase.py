@@ -71,20 +71,19 @@ def run_erase_toy(args: argparse.Namespace) -> int:
 
     from ..files import check_output_path, save_erasure
     from ..threads import parameter_count, set_threads
-    from ..toyworld.erasure import toy_defaults
-    from ..toyworld.phrasings import axis_of
+    from ..toyworld.settings import TOY_SETTINGS
 
-    concepts = list(args.concepts or [])
-    for concept in concepts:
-        axis_of(concept)  # a toy-world word, or a ConfigError naming the vocabulary
-    # the toy defaults (with the concepts' neighbours held) under the recipe and the flags
-    config = config_from_args(args, base=toy_defaults(concepts, args.method or "train"))
+    config = config_from_args(args, base=TOY_SETTINGS)
     if args.svd_rank:
         raise ConfigError("--svd-rank", args.svd_rank, "is for SD-1.x files",
                           "drop --svd-rank with --model toy")
     if args.device not in ("auto", "cpu"):
         raise ConfigError("--device", args.device, "the toy model runs on the CPU",
                           "drop --device with --model toy")
+    from ..toyworld.phrasings import axis_of
+
+    for concept in config.concepts:
+        axis_of(concept)  # a toy-world word, or a ConfigError naming the vocabulary
     out = check_output_path(args.output, args.overwrite, "--output")
     plan = plan_run(args, config, out)
     from ..toyworld import load_toy_model

@@ -11,29 +11,11 @@ from ..denoiser import DiffusersDenoiser
 from ..result import EraseResult
 from ..trainer import Callback, erase
 from .model import ToyModel
-from .settings import TOY_RETAIN_WEIGHT, TOY_SETTINGS
-
-
-def toy_defaults(concepts: Sequence[str], method: str = "train") -> dict[str, Any]:
-    """The toy settings for erasing ``concepts``: ``TOY_SETTINGS``, and for training the
-    concepts' neighbours (each caption naming a concept with the concept replaced by another value
-    of its kind, ``phrasings.neighbours``) held to the base model with ``TOY_RETAIN_WEIGHT``.
-
-    Measured (training seed 0, circle): without them, the anchors that name another shape moved
-    the other shapes' captions too (retention 0.935, shape accuracy on kept captions 0.89); with
-    them 1.000 at the same efficacy (0.00). UCE keeps its own preservation set (none)."""
-    if method != "train" or not concepts:  # no concept: the config's own error names it
-        return dict(TOY_SETTINGS)
-    from .phrasings import neighbours
-
-    return TOY_SETTINGS | {"retain_prompts": neighbours(concepts),
-                           "retain_weight": TOY_RETAIN_WEIGHT}
+from .settings import TOY_SETTINGS
 
 
 def toy_config(concepts: Sequence[str], **overrides: Any) -> EraseConfig:
-    """The toy defaults for ``concepts`` (``toy_defaults``) with ``overrides`` over them."""
-    method = overrides.get("method", "train")
-    return EraseConfig(concepts=tuple(concepts), **(toy_defaults(concepts, method) | overrides))
+    return EraseConfig(concepts=tuple(concepts), **(TOY_SETTINGS | overrides))
 
 
 def last_token_fn(model: ToyModel) -> Callable[[Sequence[str]], list[int]]:

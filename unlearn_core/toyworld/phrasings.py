@@ -79,30 +79,13 @@ def without(caption: str, concepts: Sequence[str]) -> str:
     return tidy(" ".join(w for w in _words(caption) if w not in concepts))
 
 
-def swapped(caption: str, concept: str, value: str) -> str:
-    """``caption`` with the word ``concept`` replaced by ``value``."""
-    return tidy(" ".join(value if w == concept else w for w in _words(caption)))
-
-
 def context_pairs(concept: str, phrasings: Sequence[str] = TRAINED_PHRASINGS,
                   erased: Sequence[str] = ()) -> list[tuple[str, str]]:
-    """(caption, anchor) for every caption of ``phrasings`` naming the concept, with two kinds
-    of anchor: the caption without the concept, and the caption with the concept replaced by
-    each other value of its kind ("a red circle" -> "a red", "a red square", "a red triangle",
-    ...). Anchors leave out every ``erased`` concept (the target is a caption none of them is in).
-
-    Both are needed: where the model's default for a kind is the concept itself (a caption
-    without a shape draws a circle in 0.60 of samples), "the caption without it" still shows it,
-    and only an anchor naming another value pulls away from it; the caption without the concept
-    keeps the erasure from becoming a swap to one particular other value."""
+    """(caption, caption without the concept) for every caption of ``phrasings`` naming it; the
+    anchor also leaves out the other ``erased`` concepts the caption names (the target is a
+    caption none of them is in)."""
     gone = [concept, *erased]
-    others = [v for v in AXES[axis_of(concept)] if v not in gone]
-    pairs = []
-    for phrasing in phrasings:
-        for caption in fill(phrasing, concept):
-            pairs.append((caption, without(caption, gone)))
-            pairs += [(caption, without(swapped(caption, concept, v), erased)) for v in others]
-    return pairs
+    return [(c, without(c, gone)) for p in phrasings for c in fill(p, concept)]
 
 
 def neighbours(concepts: Sequence[str], phrasings: Sequence[str] = TRAINED_PHRASINGS
@@ -113,9 +96,10 @@ def neighbours(concepts: Sequence[str], phrasings: Sequence[str] = TRAINED_PHRAS
     for concept in concepts:
         for caption, _ in context_pairs(concept, phrasings):
             for value in AXES[axis_of(concept)]:
-                other = swapped(caption, concept, value)
-                if value != concept and not set(_words(other)) & set(concepts):
-                    out.add(other)
+                swapped = " ".join(value if w == concept else w for w in _words(caption))
+                swapped = tidy(swapped)
+                if value != concept and not set(_words(swapped)) & set(concepts):
+                    out.add(swapped)
     return tuple(sorted(out))
 
 

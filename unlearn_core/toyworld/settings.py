@@ -28,11 +28,6 @@ TOY_SETTINGS: dict[str, Any] = dict(
     timestep_weighting="snr",
 )
 
-# Weight of the retain term that holds the erased concepts' neighbours (the same captions with
-# another value of the concept's kind) to the base model, in every toy training run
-# (``toyworld.erasure.toy_defaults``).
-TOY_RETAIN_WEIGHT = 1.0
-
 TASKS: dict[str, tuple[str, ...]] = {
     "shape": ("cross",),
     "texture": ("striped",),
