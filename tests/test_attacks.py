@@ -232,13 +232,10 @@ def test_robust_erasure_counts_its_cost_and_records_its_budget():
     assert sdd.metadata["unet_evals_adversarial"] == images + 2 * 3 * 2 + 4 * (2 + 2)
 
 
-def test_robust_term_targets_the_objective_and_trains_every_adversary():
-    """Under esd the adversarial prediction is pulled to the frozen base model's negative
-    guidance away from the concept prompt (deltas off), under sdd to the student's empty-prompt
-    prediction; the outer batch holds every kind of adversary learned so far, in turn."""
+def _robust_setup():
+    """A tiny UNet, its conditioning, a robust config (an inner run every step) and a detached
+    delta set over its layers: what an AdversarialTerm is built from in the tests below."""
     from unlearn_core.delta import DeltaSet
-    from unlearn_core.objectives import esd_target
-    from unlearn_core.robust import KINDS, AdversarialTerm
     from unlearn_core.selection import select_layers
 
     base = tiny_denoiser(0)
@@ -247,6 +244,17 @@ def test_robust_term_targets_the_objective_and_trains_every_adversary():
                       robust_every=1, robust_inner_steps=1, robust_tokens=2)
     deltas = DeltaSet(select_layers(base.module, cfg.selection), "full", 4, 4.0,
                       torch.Generator().manual_seed(0), torch.device("cpu"))
+    return base, cond, cfg, deltas
+
+
+def test_robust_term_targets_the_objective_and_trains_every_adversary():
+    """Under esd the adversarial prediction is pulled to the frozen base model's negative
+    guidance away from the concept prompt (deltas off), under sdd to the student's empty-prompt
+    prediction; the outer batch holds every kind of adversary learned so far, in turn."""
+    from unlearn_core.objectives import esd_target
+    from unlearn_core.robust import KINDS, AdversarialTerm
+
+    base, cond, cfg, deltas = _robust_setup()
     with torch.no_grad():
         for p in deltas.parameters():
             p.normal_(0, 0.1)
@@ -283,19 +291,12 @@ def test_robust_pool_restarts_fresh_and_the_batch_draws_from_every_member(monkey
     outer batch draws its rows from the pools of every kind learned, jittered inside the
     bound."""
     from unlearn_core import robust
-    from unlearn_core.delta import DeltaSet
-    from unlearn_core.selection import select_layers
 
     monkeypatch.setattr(robust, "POOL", 2)
     monkeypatch.setattr(robust, "RESTART_EVERY", 2)
     monkeypatch.setattr(robust, "ROBUST_IMAGES", 2)
     monkeypatch.setattr(robust, "JITTER", 0.5)
-    base = tiny_denoiser(0)
-    cond = tiny_conditioning()
-    cfg = EraseConfig(concepts=("x",), steps=4, resolution=8, batch_size=4, robust="adversarial",
-                      robust_every=1, robust_inner_steps=1, robust_tokens=2)
-    deltas = DeltaSet(select_layers(base.module, cfg.selection), "full", 4, 4.0,
-                      torch.Generator().manual_seed(0), torch.device("cpu"))
+    base, cond, cfg, deltas = _robust_setup()
     deltas.attach()
     try:
         term = robust.AdversarialTerm(base, deltas, cond, cfg, (4, 8, 8), torch.device("cpu"),
