@@ -152,9 +152,8 @@ def table(path: Path) -> str:
         def attack_cell(kind: str, key: str = "asr", fmt: str = ".2f", rs: list = rs) -> str:
             return cell([r[kind][key] for r in rs if kind in r], fmt)
 
-        name = method
         lines.append(
-            f"| {concept} | {name} | {len(rs)} | {cell([r['efficacy'] for r in rs], '.2f')} | "
+            f"| {concept} | {method} | {len(rs)} | {cell([r['efficacy'] for r in rs], '.2f')} | "
             f"{cell([r['retention'] for r in rs], '.3f')} | "
             f"{cell([r.get('unet_evals') for r in rs], '.0f')} | "
             f"{attack_cell('concept_inversion', 'plain')} | {attack_cell('concept_inversion')} | "

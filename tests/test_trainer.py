@@ -81,9 +81,8 @@ def test_several_concepts_taken_in_turn_and_retain_term():
 
 
 def test_retain_term_holds_the_retain_prompt_to_the_base_model():
-    """The student's retain pass shares the UNet call with the concept's (one call of 2b rows):
-    with the term on, the retain prompt's prediction stays nearer the base model's than without
-    it, while the concept is still trained."""
+    """With the term on, the retain prompt's prediction stays nearer the base model's than
+    without it, while the concept is still trained."""
     cond = tiny_conditioning(n_concepts=1, n_retain=1)
     x = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(3))
     t = torch.tensor([900, 600, 300, 50])

@@ -306,18 +306,18 @@ def target(run: Run, state: TrainState, states: TrainingStates, prompt: Tensor,
                       prompt.expand(batch, -1, -1), anchor.expand(batch, -1, -1), cfg.esd_eta)
 
 
-def retain_target(run: Run, state: TrainState, x_t: Tensor, t: Tensor
-                  ) -> tuple[Tensor, Tensor] | None:
-    """This step's retain prompt (expanded to the batch) and the base model's prediction for it
-    at the step's states (no gradient); None without retain prompts."""
+def retain_term(run: Run, state: TrainState, x_t: Tensor, t: Tensor) -> Tensor | float:
+    """retain_weight x L2(student, base) on this step's retain prompt; 0 when there is none."""
     if not run.held:
-        return None
+        return 0.0
     batch = x_t.shape[0]
     emb = run.held[state.step % len(run.held)].expand(batch, -1, -1)
     with torch.no_grad(), state.deltas.disabled():
         eps_base = run.denoiser(x_t, t, emb).float()
+    eps_retain = run.denoiser(x_t, t, emb).float()
     state.evals.nograd += batch
-    return emb, eps_base
+    state.evals.grad += batch
+    return run.config.retain_weight * LOSSES["l2"](eps_retain, eps_base)
 
 
 def step(run: Run, state: TrainState) -> float:
@@ -330,22 +330,10 @@ def step(run: Run, state: TrainState) -> float:
     prompts = _rows([g.prompt.expand(g.states.x.shape[0], -1, -1) for g in groups])
     # The student's weights enter here, unseen: DeltaSet's forward hooks (attached by `train`)
     # add each trained delta to its layer's output, so this plain UNet call is the student's.
-    held = retain_target(run, state, x_t, t)
-    if held is None:
-        eps_student = run.denoiser(x_t, t, prompts)
-        extra: Tensor | float = 0.0
-    else:
-        # the student's retain pass rides in the same UNet call (one call of 2b rows costs less
-        # than two of b on small inputs); retain_weight x L2(student, base), the mean over this
-        # process's states
-        n = x_t.shape[0]
-        both = run.denoiser(torch.cat([x_t, x_t]), torch.cat([t, t]),
-                            torch.cat([prompts, held[0]]))
-        eps_student, eps_retain = both[:n], both[n:]
-        state.evals.grad += n
-        extra = cfg.retain_weight * LOSSES["l2"](eps_retain.float(), held[1])
+    eps_student = run.denoiser(x_t, t, prompts)
     state.evals.grad += x_t.shape[0]
     loss = group_losses(run, groups, eps_student)
+    extra = retain_term(run, state, x_t, t)  # the mean over this process's states
     if run.robust is not None:  # computed whole by every process
         extra = extra + run.robust.term(state.step, choose_pair(run, state.step).concept)
     # summed over the processes below, each process's share of the mean terms is 1/world
