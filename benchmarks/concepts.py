@@ -97,36 +97,36 @@ def _init(threads: int) -> None:
     _STATE["model"], _STATE["judges"] = load_toy_model(verify=True), load_judges(verify=True)
 
 
-def _baseline(concepts: tuple[str, ...], repeats: int) -> dict:
+def _baseline(concepts: tuple[str, ...], repeats: int, phrasing_images: int) -> dict:
     from unlearn_core.toyworld.evaluate import evaluate, uncond_rate
     from unlearn_core.toyworld.phrasings import efficacy_by_phrasing
 
     model, judges = _STATE["model"], _STATE["judges"]
     base = evaluate(model, judges, concepts, repeats=repeats, with_clip=False)
-    phr = efficacy_by_phrasing(model, judges, concepts)
+    phr = efficacy_by_phrasing(model, judges, concepts, min_images=phrasing_images)
     return {"efficacy": base.efficacy, "uncond_rate": uncond_rate(model, judges, concepts),
             "phrasing": phr["phrasing"], "length": phr["length"], "evaluation": base}
 
 
-def _run(job: tuple[str, int, tuple[str, ...], int, dict, str]) -> dict:
+def _run(job: tuple[str, int, tuple[str, ...], int, int, dict, str]) -> dict:
     """One erasure with the defaults and ``overrides`` (or UCE) and its measurement; runs in a
     worker. ``variant`` tells the --vary values apart ('' without --vary)."""
     from unlearn_core.toyworld.erasure import erase_toy, toy_config
     from unlearn_core.toyworld.evaluate import evaluate, retention_ratio
     from unlearn_core.toyworld.phrasings import efficacy_by_phrasing
 
-    method, seed, concepts, repeats, overrides, variant = job
+    method, seed, concepts, repeats, phrasing_images, overrides, variant = job
     model, judges = _STATE["model"], _STATE["judges"]
     name = ",".join(concepts)
     if name not in _STATE:  # the untouched model's figures, once per worker and target
-        _STATE[name] = _baseline(concepts, repeats)
+        _STATE[name] = _baseline(concepts, repeats, phrasing_images)
     base = _STATE[name]
     cfg = toy_config(concepts, seed=seed, **({"method": "uce"} if method == "uce" else overrides))
     t0 = time.perf_counter()
     res = erase_toy(model, cfg)
     seconds = time.perf_counter() - t0
     ev = evaluate(model, judges, concepts, res, repeats=repeats, with_clip=False)
-    phr = efficacy_by_phrasing(model, judges, concepts, res)
+    phr = efficacy_by_phrasing(model, judges, concepts, res, min_images=phrasing_images)
     row = {"concepts": name, "variant": variant, "method": method, "seed": seed, "efficacy": ev.efficacy,
            "floor": base["uncond_rate"], "efficacy_before": base["efficacy"],
            "retention": retention_ratio(ev, base["evaluation"]),
@@ -151,6 +151,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=2, help="evaluation images per caption")
+    ap.add_argument("--phrasing-images", type=int, default=32,
+                    help="images each phrasing is judged on, at least (the worst-phrasing column "
+                    "is a maximum over ten phrasings: few images each bias it upwards)")
     ap.add_argument("--no-uce", dest="uce", action="store_false")
     ap.add_argument("--quick", action="store_true", help="red and striped, one seed, 1 repeat")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per worker")
@@ -180,8 +183,9 @@ def main() -> None:
     started = time.perf_counter()
     # seed by seed over every target, so a run cut short still covers every concept
     configs = variants(args.set_config, args.vary)
-    jobs = [("uce", 0, c, args.repeats, {}, "") for c in targets] if args.uce else []
-    jobs += [("train", s, c, args.repeats, o, variant_label(o, args.vary))
+    jobs = ([("uce", 0, c, args.repeats, args.phrasing_images, {}, "") for c in targets]
+            if args.uce else [])
+    jobs += [("train", s, c, args.repeats, args.phrasing_images, o, variant_label(o, args.vary))
              for s in range(args.first_seed, args.first_seed + args.seeds) for o in configs
              for c in targets]
     runs: list[dict] = []

@@ -4,7 +4,8 @@ For each concept (a shape, a colour, a texture) and training seed, each erasure 
 (the engine's default objective), SDD (``objective="sdd"``), UCE, robust (the defaults with
 ``robust="adversarial"``), all with the toy settings (``toyworld.settings.TOY_SETTINGS``) -- is
 attacked by the concept inversion and
-the prompt attack (``unlearn_core.attacks``, attack seed = training seed) and probed by the
+the prompt attack (``unlearn_core.attacks``, attack seed = training seed, or ``--attack-seeds N``
+attacks per erasure and their mean) and probed by the
 partial-diffusion probe; each attack's success rate (judge confidence >= 0.5 on 16 images), the
 erasure's efficacy and retention (``toyworld.evaluate``, 1 repeat) and UNet evaluations are
 recorded. A control model trained without the concept (``--control cross=FILE``, made by
@@ -45,6 +46,12 @@ def erase(world, concept: str, method: str, seed: int, robust: dict):
         return erase_toy(world.model, toy_config((concept,), method="uce", seed=seed))
     extra = dict(OBJECTIVE[method], **(robust if method == "robust" else {}))
     return erase_toy(world.model, toy_config((concept,), seed=seed, **extra))
+
+
+def attack_seeds_of(seed: int, count: int) -> list[int]:
+    """The attack seeds of training seed ``seed``: the seed itself, then seed + 100, + 200, ...
+    (apart from every other training seed's, so no two erasures share an attack)."""
+    return [seed + 100 * i for i in range(count)]
 
 
 def run(args: argparse.Namespace) -> None:
@@ -93,10 +100,15 @@ def run(args: argparse.Namespace) -> None:
                 else:
                     row.update(unet_evals=0, efficacy=base_eval[concept].efficacy, retention=1.0)
                 for kind in kinds:
-                    cfg = toy_config(concept, kind=kind, seed=seed, **budget)
-                    r = toy_attack(world, result, cfg, scorer)
-                    row[kind] = {"asr": r.asr, "interval": list(r.interval),
-                                 "plain": r.plain_asr, "ccs": r.ccs, "evals": r.unet_evals}
+                    # the optimising attacks once per attack seed (the probe has no seed of its
+                    # own to vary); the row's ASR is their mean
+                    attack_seeds = attack_seeds_of(seed, args.attack_seeds if kind != "probe" else 1)
+                    rs = [toy_attack(world, result, toy_config(concept, kind=kind, seed=s, **budget),
+                                     scorer) for s in attack_seeds]
+                    row[kind] = {"asr": sum(r.asr for r in rs) / len(rs),
+                                 "interval": list(rs[0].interval), "plain": rs[0].plain_asr,
+                                 "ccs": rs[0].ccs, "evals": sum(r.unet_evals for r in rs),
+                                 "attack_seeds": attack_seeds, "asr_by_seed": [r.asr for r in rs]}
                 row["seconds"] = round(time.perf_counter() - t0, 1)
                 with log.open("a") as f:
                     f.write(json.dumps(row) + "\n")
@@ -175,6 +187,10 @@ def main() -> None:
     p.add_argument("--images", type=int, default=16, help="judged images per attack")
     p.add_argument("--psis", type=float, nargs="+", default=[0.001, 0.01, 0.05, 0.15, 0.25, 0.35,
                                                              0.45, 0.55])
+    p.add_argument("--attack-seeds", type=int, default=1,
+                   help="attack each erasure this many times (attack seeds seed, seed+100, ...) "
+                   "and report the mean ASR: one attack's seed moves its ASR as much as most "
+                   "settings do")
     p.add_argument("--untouched-seeds", type=int, default=3,
                    help="attack seeds for the untouched and never-saw models")
     p.add_argument("--robust", default="", help="JSON overrides of the robust settings")

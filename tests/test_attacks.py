@@ -275,7 +275,7 @@ def test_robust_term_targets_the_objective_and_trains_every_adversary():
         assert torch.allclose(term._target(x, t, 0), student_empty)
         term.config = cfg
         term.term(0, 0)  # first inner run: the prompt attack only
-        assert term.learned[0] == [KINDS[0]]
+        assert list(term.adversaries[0]) == [KINDS[0]]
         assert torch.equal(term._adversarial_batch(0, 2)[1], term.adversaries[0][KINDS[0]][0])
         term.term(1, 0)  # second: the inversion; the batch alternates between the two
         batch = term._adversarial_batch(0, 4)
@@ -285,43 +285,35 @@ def test_robust_term_targets_the_objective_and_trains_every_adversary():
         deltas.detach_hooks()
 
 
-def test_robust_pool_restarts_fresh_and_the_batch_draws_from_every_member(monkeypatch):
-    """Every RESTART_EVERY-th inner run of a kind starts from the prompt's own rows and joins the
-    pool (at most POOL per kind, the oldest leaves); the runs between refine the newest; the
-    outer batch draws its rows from the pools of every kind learned, jittered inside the
-    bound."""
+def test_robust_inner_attack_refines_each_kinds_last_adversary(monkeypatch):
+    """The first inner run of a kind starts from the prompt's own rows (the concept prompt for
+    the prompt attack, the empty prompt for the inversion); every later run of that kind starts
+    from the rows the previous one learned, and replaces them."""
     from unlearn_core import robust
 
-    monkeypatch.setattr(robust, "POOL", 2)
-    monkeypatch.setattr(robust, "RESTART_EVERY", 2)
+    starts = []
+    real = robust.learn_context
+
+    def spy(denoiser, start, *args, **kwargs):
+        starts.append(start.clone())
+        return real(denoiser, start, *args, **kwargs)
+
+    monkeypatch.setattr(robust, "learn_context", spy)
     monkeypatch.setattr(robust, "ROBUST_IMAGES", 2)
-    monkeypatch.setattr(robust, "JITTER", 0.5)
     base, cond, cfg, deltas = _robust_setup()
     deltas.attach()
     try:
         term = robust.AdversarialTerm(base, deltas, cond, cfg, (4, 8, 8), torch.device("cpu"),
                                       torch.float32)
-        seen = {k: [] for k in robust.KINDS}
-        for step in range(12):  # 6 runs per kind: fresh at runs 0, 2, 4
-            term.term(step, 0)
+        learned = []
+        for step in range(4):  # the kinds take turns: prompt attack, inversion, twice
+            term.term(step * cfg.robust_every, 0)
             kind = robust.KINDS[step % 2]
-            seen[kind].append(term.pools[0][kind][-1].clone())
-        assert term.restarts == 6 and term.inner_runs == 12
-        for kind in robust.KINDS:
-            pool = term.pools[0][kind]
-            assert len(pool) == 2
-            assert torch.equal(pool[0], seen[kind][3]) and torch.equal(pool[1], seen[kind][5])
-        batch = term._adversarial_batch(0, 8)
-        for i in range(8):
-            kind = robust.KINDS[i % 2]
-            rows = term.rows[kind]
-            others = [j for j in range(cond.empty.shape[1]) if j not in rows]
-            members = term.pools[0][kind]
-            # the rows outside the attacked ones are a pool member's; the attacked ones are
-            # jittered, and stay inside the bound
-            assert any(torch.equal(batch[i, others], m[0, others]) for m in members)
-            assert not any(torch.equal(batch[i, rows], m[0, rows]) for m in members)
-            assert float(batch[i, rows].norm(dim=-1).max()) <= term.bound[kind] * (1 + 1e-5)
+            learned.append(term.adversaries[0][kind].clone())
+        assert torch.equal(starts[0], cond.concepts[0]) and torch.equal(starts[1], cond.empty)
+        assert torch.equal(starts[2], learned[0]) and torch.equal(starts[3], learned[1])
+        assert not torch.equal(learned[2], learned[0])  # refined, not kept
+        assert term.inner_runs == 4
     finally:
         deltas.detach_hooks()
 

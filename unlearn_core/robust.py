@@ -11,10 +11,10 @@ loop inside the erasure:
   the denoising loss on images of the concept (generated once by the base model, deltas off, at
   the first step: ``ROBUST_IMAGES`` per concept). Two adversaries per concept, warm-started from
   their last rows, in turn: rows appended to the concept prompt (the prompt attack) and new rows
-  in the empty prompt (the concept inversion). ``POOL``, ``RESTART_EVERY`` and ``JITTER`` (a
-  pool of adversaries with fresh restarts, noise on their rows) are off, and ``ROBUST_IMAGES``
-  stays 8: none of them, nor 32 images, lowered the attacks' success on the toy world
-  (BENCHMARKS.md §6);
+  in the empty prompt (the concept inversion). One adversary per kind, always refined: a pool of
+  adversaries with fresh restarts, noise on their rows, fewer and longer fresh attacks, and 32
+  concept images instead of 8 were each measured and none lowered the attacks' success on the
+  toy world (BENCHMARKS.md §6a);
 - outer (every step): on noised concept images, the student's prediction under the adversaries'
   conditioning (every kind learned so far, in turn over the batch) is pulled to the objective's
   target for the concept, times ``robust_weight``, added to the objective's loss. Under ``esd``
@@ -52,9 +52,6 @@ INNER_LR = 0.05  # Adam step of the inner attack, relative to the row norm bound
 # row norm bound of the inner attack per kind, x the longest row of the prompts
 NORM_SCALE = {"prompt_attack": 2.0, "concept_inversion": 2.0}
 KINDS = ("prompt_attack", "concept_inversion")
-POOL = 1  # adversaries kept per concept and kind (the outer batch draws from all of them)
-RESTART_EVERY = 0  # every n-th inner run of a kind starts fresh from the prompt's rows (0: never)
-JITTER = 0.0  # outer batch: noise on the adversaries' rows, x the row bound (0: none)
 
 
 class AdversarialTerm:
@@ -76,12 +73,10 @@ class AdversarialTerm:
         # where a fresh attack starts, per concept and kind: the prompt's own rows
         self.starts = [{"prompt_attack": c, "concept_inversion": cond.empty}
                        for c in cond.concepts]
-        # adversarial conditionings per concept and kind: a pool, the newest last
-        self.pools: list[dict[str, list[Tensor]]] = [{k: [] for k in KINDS}
-                                                     for _ in cond.concepts]
+        # per concept, the adversarial conditioning of each kind learned so far, in the order
+        # the kinds were first attacked
+        self.adversaries: list[dict[str, Tensor]] = [{} for _ in cond.concepts]
         self.turn = [0] * len(cond.concepts)
-        self.restarts = 0
-        self.learned: list[list[str]] = [[] for _ in cond.concepts]  # kinds attacked so far
         self.inner_runs = 0
         self.last_inner_loss = float("nan")
         self.evals = evals if evals is not None else EvalCounter()
@@ -135,35 +130,18 @@ class AdversarialTerm:
         self._spend(grad=batch)
         return cfg.robust_weight * LOSSES["l2"](eps, target)
 
-    @property
-    def adversaries(self) -> list[dict[str, Tensor]]:
-        """Per concept, the newest adversary of each kind learned so far."""
-        return [{k: pool[-1] for k, pool in pools.items() if pool} for pools in self.pools]
-
     def _inner(self, concept: int) -> None:
         """One inner attack on the current student: the next kind's adversary of ``concept``,
-        warm-started from the newest of its pool, or every ``RESTART_EVERY``-th run of the kind
-        started fresh from the prompt's rows and added to the pool (the oldest leaves beyond
-        ``POOL``)."""
+        warm-started from its last rows (the first time from the prompt's own)."""
         cfg = self.config
         kind = KINDS[self.turn[concept] % len(KINDS)]
-        run = self.turn[concept] // len(KINDS)  # this kind's run count
         self.turn[concept] += 1
-        pool = self.pools[concept][kind]
-        fresh = not pool or (RESTART_EVERY > 0 and run % RESTART_EVERY == 0)
-        start = self.starts[concept][kind] if fresh else pool[-1]
+        adversaries = self.adversaries[concept]
+        start = adversaries.get(kind, self.starts[concept][kind])
         learned = learn_context(self.denoiser, start, self.rows[kind],
                                 self.targets[concept], cfg.robust_inner_steps, cfg.batch_size,
                                 INNER_LR, self.bound[kind], self.generator)
-        context = learned.context.to(self.device, self.dtype)
-        if fresh:
-            pool.append(context)
-            del pool[:-POOL]
-            self.restarts += 1
-        else:
-            pool[-1] = context
-        if kind not in self.learned[concept]:
-            self.learned[concept].append(kind)
+        adversaries[kind] = learned.context.to(self.device, self.dtype)
         self._spend(grad=learned.grad_evals)
         self.inner_runs += 1
         self.last_inner_loss = learned.losses[-1]
@@ -171,29 +149,8 @@ class AdversarialTerm:
     def _adversarial_batch(self, concept: int, batch: int) -> Tensor:
         """(batch, L, D): the adversaries of ``concept`` of every kind learned so far, in turn
         over the rows."""
-        learned = self.learned[concept]
-        rows = []
-        for i in range(batch):
-            kind = learned[i % len(learned)]
-            pool = self.pools[concept][kind]
-            context = (pool[int(torch.randint(0, len(pool), (1,), generator=self.generator))]
-                       if len(pool) > 1 else pool[0])
-            if JITTER > 0:
-                context = self._jitter(context, kind)
-            rows.append(context)
-        return torch.cat(rows)
-
-    def _jitter(self, context: Tensor, kind: str) -> Tensor:
-        """``context`` with Gaussian noise on the attacked rows (about ``JITTER`` x the bound in
-        length), each row projected back inside the bound."""
-        index = torch.tensor(self.rows[kind], device=context.device)
-        bound = self.bound[kind]
-        noise = torch.randn((len(index), context.shape[-1]), generator=self.generator)
-        noise = noise.to(context.device, torch.float32) * (JITTER * bound / context.shape[-1] ** 0.5)
-        rows = context[0, index].float() + noise
-        norms = rows.norm(dim=-1, keepdim=True).clamp(min=1e-12)
-        rows = rows * (norms.clamp(max=bound) / norms)
-        return context.index_put((torch.zeros_like(index), index), rows.to(context.dtype))
+        learned = list(self.adversaries[concept].values())
+        return torch.cat([learned[i % len(learned)] for i in range(batch)])
 
     @torch.no_grad()
     def _target(self, x_t: Tensor, t: Tensor, concept: int) -> Tensor:
@@ -215,8 +172,7 @@ class AdversarialTerm:
         return {"robust": {
             "mode": cfg.robust, "every": cfg.robust_every, "inner_steps": cfg.robust_inner_steps,
             "tokens": cfg.robust_tokens, "weight": cfg.robust_weight, "inner_runs": self.inner_runs,
-            "images_per_concept": ROBUST_IMAGES, "inner_lr": INNER_LR, "pool": POOL,
-            "restart_every": RESTART_EVERY, "restarts": self.restarts, "jitter": JITTER,
+            "images_per_concept": ROBUST_IMAGES, "inner_lr": INNER_LR,
             "row_bound": {k: round(b, 6) for k, b in self.bound.items()},
             "last_inner_loss": self.last_inner_loss},
             "unet_evals_adversarial": self.unet_evals}
