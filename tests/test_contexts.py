@@ -160,6 +160,46 @@ def test_each_phrasing_is_judged_on_at_least_min_images():
     assert all(0.0 <= v <= 1.0 for v in out["phrasing"].values())
 
 
+def test_toy_contexts_with_other_values_anchor_on_each_other_value_of_the_kind():
+    """For a default value, each caption also gets an anchor per other value of its kind; no
+    anchor names an erased concept."""
+    plain = context_pairs("circle", erased=("circle", "square"))
+    pairs = context_pairs("circle", erased=("circle", "square"), other_values=True)
+    assert set(plain) < set(pairs)
+    assert ("a red circle", "a red triangle") in pairs and ("a red circle", "a red cross") in pairs
+    assert ("a red circle", "a red") in pairs
+    for caption, anchor in pairs:
+        assert "circle" in caption.split() or "circle," in caption.split()
+        assert not set(anchor.replace(",", " ").split()) & {"circle", "square"}
+    # one caption, its plain anchor and the two other shapes left once square is erased too
+    assert len(pairs) == 3 * len(plain)
+
+
+def test_default_values_are_what_the_model_draws_without_being_asked():
+    """The toy model draws a circle for a caption without a shape in about 0.6 of samples, a
+    cross hardly ever: only the circle is a default value."""
+    from unlearn_core.toyworld import load_judges, load_toy_model
+    from unlearn_core.toyworld.erasure import default_values
+
+    model, judges = load_toy_model(), load_judges()
+    assert default_values(model, ["circle", "cross"], judges) == ("circle",)
+
+
+def test_toy_erasure_of_a_default_value_anchors_on_the_other_values_and_holds_them():
+    from unlearn_core.toyworld import load_toy_model
+    from unlearn_core.toyworld.erasure import erase_toy, toy_config
+
+    model = load_toy_model()
+    result = erase_toy(model, toy_config(["circle"], seed=0, steps=2, sampling_steps=2))
+    config = result.metadata["config"]
+    assert tuple(config["retain_prompts"]) == neighbours(["circle"])
+    assert config["retain_weight"] == 1.0
+    assert result.metadata["context_prompts"] == len(context_pairs("circle", other_values=True))
+    mine = erase_toy(model, toy_config(["circle"], seed=0, steps=2, sampling_steps=2,
+                                       retain_prompts=("a blue square",), retain_weight=0.5))
+    assert mine.metadata["config"]["retain_prompts"] == ["a blue square"]  # the user's own stay
+
+
 def test_toy_neighbours_leave_out_every_erased_concept():
     erased = ["triangle", "dotted", "blue"]
     held = neighbours(erased)

@@ -11,7 +11,7 @@ from ..denoiser import DiffusersDenoiser
 from ..result import EraseResult
 from ..trainer import Callback, erase
 from .model import ToyModel
-from .settings import TOY_SETTINGS
+from .settings import AXES, DEFAULT_VALUE_RATE, TOY_RETAIN_WEIGHT, TOY_SETTINGS
 
 
 def toy_config(concepts: Sequence[str], **overrides: Any) -> EraseConfig:
@@ -30,16 +30,56 @@ def toy_denoiser(model: ToyModel) -> DiffusersDenoiser:
     return DiffusersDenoiser(model.unet, model.alphas_cumprod)
 
 
+def default_values(model: ToyModel, concepts: Sequence[str], judges: dict | None = None,
+                   images: int = 96, seed: int = 50_000) -> tuple[str, ...]:
+    """The concepts the untouched model draws by default: judged the concept in more than
+    ``DEFAULT_VALUE_RATE`` of ``images`` samples of its anchors (the captions naming it, with it
+    left out). Their anchors show them, so an erasure towards those anchors stops short; the
+    toy world's are circle (0.62-0.66 on two noise seeds) and solid (0.65-0.70), every other
+    item 0.02-0.55 (BENCHMARKS.md §5e). Deterministic (fixed noise), ~2 s per concept."""
+    import torch
+
+    from .generation import generate
+    from .judges import judge
+    from .phrasings import axis_of, context_pairs
+
+    if judges is None:
+        from . import load_judges
+
+        judges = load_judges()
+    out = []
+    for concept in concepts:
+        anchors = sorted({a for _, a in context_pairs(concept, erased=concepts)})
+        captions = [anchors[i % len(anchors)] for i in range(images)]
+        with torch.no_grad():
+            pred = judge(generate(model, captions, [seed + i for i in range(images)]), judges)
+        axis = axis_of(concept)
+        rate = float((pred[axis] == AXES[axis].index(concept)).float().mean())
+        if rate > DEFAULT_VALUE_RATE:
+            out.append(concept)
+    return tuple(out)
+
+
 def erase_toy(model: ToyModel, config: EraseConfig, callback: Callback | None = None,
               **options: Any) -> EraseResult:
     """Erase ``config.concepts`` from the toy model (weights untouched; the result holds deltas).
 
     Unless the config names its own contexts, each concept is erased inside every caption of the
     toy grammar that names it, towards the caption without any erased concept
-    (``phrasings.context_pairs``). ``options`` go to ``erase`` (``parallel``, ``checkpoint``)."""
-    from .phrasings import context_pairs
+    (``phrasings.context_pairs``). A concept the model draws by default (``default_values``) is
+    also pulled towards the captions naming the other values of its kind, and, unless the
+    config names its own retain prompts, those captions are held to the base model (with the
+    config's ``retain_weight``, or ``TOY_RETAIN_WEIGHT`` where it is 0). ``options`` go to
+    ``erase`` (``parallel``, ``checkpoint``)."""
+    from .phrasings import context_pairs, neighbours
 
+    defaults = (default_values(model, config.concepts)
+                if config.method == "train" and not config.contexts else ())
+    if defaults and not config.retain_prompts:
+        config = config.replace(retain_prompts=neighbours(defaults),
+                                retain_weight=config.retain_weight or TOY_RETAIN_WEIGHT)
     cond = encode_conditioning(
         model.encode, config, last_token_fn(model),
-        context_pairs=lambda concept: context_pairs(concept, erased=config.concepts))
+        context_pairs=lambda concept: context_pairs(concept, erased=config.concepts,
+                                                    other_values=concept in defaults))
     return erase(toy_denoiser(model), cond, config, callback, **options)

@@ -5,7 +5,9 @@ holds, and the phrasings an erasure is measured on.
   caption of the toy model's own grammar (``dataset.PHRASINGS``) that names the concept, the other
   attributes taken over the whole vocabulary. The engine pulls each caption's prediction to its
   anchor's (``Conditioning.contexts``), so the concept is erased where users write it: inside
-  captions, not only alone.
+  captions, not only alone. With ``other_values``, each caption also anchors on the same caption
+  with the concept replaced by each other value of its kind: for a concept the model draws by
+  default (``erasure.default_values``), whose caption without it still shows it.
 - ``neighbours(concepts)``: the same captions with the concept replaced by each other value of its
   kind (a colour by the other colours, ...), minus any caption naming an erased concept: the
   prompts held to the base model (``retain_prompts``), so erasing "red" does not move "blue".
@@ -79,13 +81,28 @@ def without(caption: str, concepts: Sequence[str]) -> str:
     return tidy(" ".join(w for w in _words(caption) if w not in concepts))
 
 
+def swapped(caption: str, concept: str, value: str) -> str:
+    """``caption`` with the word ``concept`` replaced by ``value``."""
+    return tidy(" ".join(value if w == concept else w for w in _words(caption)))
+
+
 def context_pairs(concept: str, phrasings: Sequence[str] = TRAINED_PHRASINGS,
-                  erased: Sequence[str] = ()) -> list[tuple[str, str]]:
+                  erased: Sequence[str] = (), other_values: bool = False
+                  ) -> list[tuple[str, str]]:
     """(caption, caption without the concept) for every caption of ``phrasings`` naming it; the
     anchor also leaves out the other ``erased`` concepts the caption names (the target is a
-    caption none of them is in)."""
+    caption none of them is in). With ``other_values``, each caption also gets anchors that
+    replace the concept by every other value of its kind ("a red circle" -> "a red square", ...):
+    for a concept the model draws by default, the caption without it still shows it
+    (``erasure.default_values``)."""
     gone = [concept, *erased]
-    return [(c, without(c, gone)) for p in phrasings for c in fill(p, concept)]
+    others = [v for v in AXES[axis_of(concept)] if v not in gone] if other_values else []
+    pairs = []
+    for phrasing in phrasings:
+        for caption in fill(phrasing, concept):
+            pairs.append((caption, without(caption, gone)))
+            pairs += [(caption, without(swapped(caption, concept, v), erased)) for v in others]
+    return pairs
 
 
 def neighbours(concepts: Sequence[str], phrasings: Sequence[str] = TRAINED_PHRASINGS
@@ -96,10 +113,9 @@ def neighbours(concepts: Sequence[str], phrasings: Sequence[str] = TRAINED_PHRAS
     for concept in concepts:
         for caption, _ in context_pairs(concept, phrasings):
             for value in AXES[axis_of(concept)]:
-                swapped = " ".join(value if w == concept else w for w in _words(caption))
-                swapped = tidy(swapped)
-                if value != concept and not set(_words(swapped)) & set(concepts):
-                    out.add(swapped)
+                other = swapped(caption, concept, value)
+                if value != concept and not set(_words(other)) & set(concepts):
+                    out.add(other)
     return tuple(sorted(out))
 
 
