@@ -11,7 +11,7 @@ from ..denoiser import DiffusersDenoiser
 from ..result import EraseResult
 from ..trainer import Callback, erase
 from .model import ToyModel
-from .settings import AXES, DEFAULT_VALUE_RATE, TOY_RETAIN_WEIGHT, TOY_SETTINGS
+from .settings import DEFAULT_VALUE_RATE, TOY_RETAIN_WEIGHT, TOY_SETTINGS
 
 
 def toy_config(concepts: Sequence[str], **overrides: Any) -> EraseConfig:
@@ -36,12 +36,10 @@ def default_values(model: ToyModel, concepts: Sequence[str], judges: dict | None
     ``DEFAULT_VALUE_RATE`` of ``images`` samples of its anchors (the captions naming it, with it
     left out). Their anchors show them, so an erasure towards those anchors stops short; the
     toy world's are circle (0.62-0.66 on two noise seeds) and solid (0.65-0.70), every other
-    item 0.02-0.55 (BENCHMARKS.md §5e). Deterministic (fixed noise), ~2 s per concept."""
-    import torch
-
-    from .generation import generate
-    from .judges import judge
-    from .phrasings import axis_of, context_pairs
+    item 0.02-0.55 (BENCHMARKS.md §5e). Deterministic (fixed noise); 96 images cost 5-14 s per
+    concept on one thread."""
+    from .evaluate import judged_rates
+    from .phrasings import context_pairs
 
     if judges is None:
         from . import load_judges
@@ -51,10 +49,7 @@ def default_values(model: ToyModel, concepts: Sequence[str], judges: dict | None
     for concept in concepts:
         anchors = sorted({a for _, a in context_pairs(concept, erased=concepts)})
         captions = [anchors[i % len(anchors)] for i in range(images)]
-        with torch.no_grad():
-            pred = judge(generate(model, captions, [seed + i for i in range(images)]), judges)
-        axis = axis_of(concept)
-        rate = float((pred[axis] == AXES[axis].index(concept)).float().mean())
+        (rate,) = judged_rates(model, judges, [concept], captions, seed)
         if rate > DEFAULT_VALUE_RATE:
             out.append(concept)
     return tuple(out)

@@ -157,12 +157,19 @@ def evaluate(model: ToyModel, judges: dict, concepts: Sequence[str],
 
 
 @torch.no_grad()
+def judged_rates(model: ToyModel, judges: dict, concepts: Sequence[str],
+                 captions: Sequence[str], seed: int, steps: int = 20) -> list[float]:
+    """Per concept, the share of the untouched model's samples of ``captions`` (image i with
+    seed ``seed + i``) judged to be it."""
+    images = generate(model, list(captions), [seed + i for i in range(len(captions))], steps=steps)
+    pred = judge(images, judges)
+    return [float((pred[axis] == idx).float().mean()) for axis, idx in map(concept_axis, concepts)]
+
+
 def uncond_rate(model: ToyModel, judges: dict, concepts: Sequence[str], n: int = 96,
                 seed: int = 20_000, steps: int = 20) -> float:
     """Share of the model's empty-prompt samples judged to be each concept, averaged."""
-    images = generate(model, [""] * n, [seed + i for i in range(n)], steps=steps)
-    pred = judge(images, judges)
-    rates = [float((pred[axis] == idx).float().mean()) for axis, idx in map(concept_axis, concepts)]
+    rates = judged_rates(model, judges, concepts, [""] * n, seed, steps)
     return sum(rates) / len(rates)
 
 
