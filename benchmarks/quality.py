@@ -6,6 +6,11 @@ same prompts and noise. A speed-up that loses quality does not count: read the e
 retention intervals side by side.
 
     python benchmarks/quality.py --seeds 5 --jobs 2
+
+"Our loop" here is ``RECIPES["fast"]`` on the toy settings, measured when the targets were the
+bare word's (BENCHMARKS.md §2a). With the current targets (captions, anchors) the comparison at
+equal quality runs through ``benchmarks/concepts.py`` with this file's ``REFERENCE`` as
+``--set-config`` overrides, on the full evaluation (BENCHMARKS.md §5g).
 """
 
 from __future__ import annotations
