@@ -175,8 +175,9 @@ def table(path: Path) -> str:
         def attack_cell(kind: str, key: str = "asr", fmt: str = ".2f", rs: list = rs) -> str:
             return cell([r[kind][key] for r in rs if kind in r], fmt)
 
+        name = "all (pooled)" if concept == "~all" else concept
         lines.append(
-            f"| {'all (pooled)' if concept == '~all' else concept} | {method} | {len(rs)} | {cell([r['efficacy'] for r in rs], '.2f')} | "
+            f"| {name} | {method} | {len(rs)} | {cell([r['efficacy'] for r in rs], '.2f')} | "
             f"{cell([r['retention'] for r in rs], '.3f')} | "
             f"{cell([r.get('unet_evals') for r in rs], '.0f')} | "
             f"{attack_cell('concept_inversion', 'plain')} | {attack_cell('concept_inversion')} | "
