@@ -135,11 +135,13 @@ def _run(job: tuple[str, int, tuple[str, ...], int, int, dict, str]) -> dict:
            "kept_on_erased_captions": ev.erased_accuracy_other_axes, "seconds": seconds,
            "unet_evals": res.metadata.get("unet_evals_nograd", 0)
            + res.metadata.get("unet_evals_grad", 0),
+           "steps_run": len(res.loss_history),  # fewer than steps when the check stopped it
            "phrasing": phr["phrasing"], "length": phr["length"],
            "worst_phrasing": max(phr["phrasing"].values()), "config": cfg.to_dict()}
     print(f"  {_label(row)} {method} seed {seed}: efficacy {row['efficacy']:.2f} (floor "
           f"{row['floor']:.2f}), retention {row['retention']:.3f}, worst phrasing "
-          f"{row['worst_phrasing']:.2f}, {seconds:.0f} s", flush=True)
+          f"{row['worst_phrasing']:.2f}, {row['steps_run']} steps, {row['unet_evals']} UNet "
+          f"evaluations, {seconds:.0f} s", flush=True)
     return row
 
 

@@ -15,4 +15,5 @@ ADVANCED_FIELDS = (
     "contexts", "trajectory_from",
     "robust", "robust_every", "robust_inner_steps", "robust_tokens", "robust_weight",
     "trajectories_per_step",
+    "check_every", "stop_patience",
 )

@@ -41,6 +41,7 @@ from tqdm import tqdm
 from ..unlearn_core.conditioning import Conditioning, common_length
 from ..unlearn_core.config import EraseConfig
 from ..unlearn_core.delta import Delta
+from ..unlearn_core.erasure_check import describe
 from ..unlearn_core.errors import ConfigError, ModelError
 from ..unlearn_core.files import to_state_dict
 from ..unlearn_core.result import EraseResult
@@ -387,12 +388,18 @@ def run_erase(model: Any, conditioning: Conditioning | Callable[[], Conditioning
                unit="step", disable=not training)
 
     text = _ProgressText()
+    residual = ""  # the last erasure check's, when check_every is set
 
     def on_step(info: StepInfo) -> None:
-        pbar.update_absolute(info.step, info.total)
+        nonlocal residual
+        if info.residuals is not None:
+            residual = f" · residual {max(info.residuals):.3f}"
+        pbar.update_absolute(info.total if info.stopping else info.step, info.total)
         left = info.elapsed / info.step * (info.total - info.step)
-        text.send(f"step {info.step}/{info.total} · loss {info.loss:.4g} · {left:.0f} s left",
-                  last=info.step == info.total)
+        text.send(f"stopped after {info.step} steps: the residual stopped falling{residual}"
+                  if info.stopping else
+                  f"step {info.step}/{info.total} · loss {info.loss:.4g}{residual} · "
+                  f"{left:.0f} s left", last=info.stopping or info.step == info.total)
         bar.update(1)
         bar.set_postfix(loss=f"{info.loss:.4g}", refresh=False)
         check_interrupt()  # Cancel: raises; the trainer's and our cleanup run on the way out
@@ -412,6 +419,9 @@ def run_erase(model: Any, conditioning: Conditioning | Callable[[], Conditioning
     log.info("%s: %s on %d layers in %.1f s%s", label, config.method, len(result.deltas),
              time.perf_counter() - start,
              f", final loss {result.loss_history[-1]:.4g}" if result.loss_history else "")
+    checked = describe(result.metadata)
+    if checked:
+        log.info("%s: %s", label, checked)
     return result
 
 

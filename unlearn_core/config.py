@@ -201,6 +201,15 @@ class EraseConfig:
                         choices=("last", "all"))
     seed: int = _f(0, "Random seed; the same seed gives the same result.", min=0,
                    ui=dict(max=SEED_MAX))
+    check_every: int = _f(
+        0, "Steps between two in-loop erasure checks (0 = none): the returned weights' residual "
+        "on fixed probe states of each concept, 1 before training and 0 at the erasure's target "
+        "(StepInfo.residuals, the metadata's erasure_check).", min=0, ui=dict(max=100_000))
+    stop_patience: int = _f(
+        0, "Stop training once every concept's residual has gone this many erasure checks "
+        "without a new best lower by 2% (it has stopped falling; steps is then the most it "
+        "runs); 0 = off. Not the default: a plateau is not always a finished erasure "
+        "(BENCHMARKS.md §5i). Needs check_every.", min=0, ui=dict(max=1000))
     robust: str = _f(
         "none", "adversarial: every robust_every steps an inner loop finds conditioning rows that "
         "bring the concept back in the current student (the red-team attacks), and the erasure "
@@ -254,6 +263,10 @@ class EraseConfig:
             raise ConfigError("retain_weight", self.retain_weight,
                               "a retain weight needs retain prompts",
                               "add retain_prompts or set retain_weight to 0")
+        if self.stop_patience > 0 and self.check_every == 0 and self.method == "train":
+            raise ConfigError("stop_patience", self.stop_patience, "stopping on the erasure "
+                              "check needs the check", "set check_every (e.g. 25) or "
+                              "stop_patience to 0")
         if self.loss == "cramer_wold" and self.batch_size < 2 and self.method == "train":
             raise ConfigError(
                 "batch_size", self.batch_size,

@@ -116,6 +116,7 @@ def save_checkpoint(path: Path, run: Run, state: TrainState) -> None:
         "config_sha256": config_hash(run.config), "config": run.config.to_dict(),
         "base_weights_sha256": run.base_hash,
         "step": state.step, "history": list(state.history),
+        "checks": [[n, list(found)] for n, found in state.checks],
         "evals": [int(v) for v in evals.tolist()],
         "deltas": [p.detach().cpu().clone() for p in params],
         "teacher": [t.detach().cpu().clone() for t in state.teacher],
@@ -143,6 +144,7 @@ def load_checkpoint(path: Path, run: Run, state: TrainState) -> bool:
             t.copy_(saved.to(t.device))
     state.optimizer.load_state_dict(data["optimizer"])
     state.step, state.history = int(data["step"]), list(data["history"])
+    state.checks = [(int(n), list(found)) for n, found in data.get("checks", [])]
     from .trainer import aim_samplers  # (trainer imports this module)
 
     aim_samplers(run, state.step)  # the samplers' prompts: the held trajectories'

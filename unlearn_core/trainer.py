@@ -15,7 +15,10 @@ step counter, the loss history, the evaluation counts) and ``step``, which runs 
   3. student prediction for the prompt, with grad; loss D(student, target) (``losses.build_loss``)
      per group, the step's loss the mean over the groups;
   4. optional retain term (student vs. base on a retain prompt) and robust term (``robust.py``);
-  5. AdamW step with grad-norm clip; EMA update of the teacher's shadow.
+  5. AdamW step with grad-norm clip; EMA update of the teacher's shadow;
+  6. every ``check_every`` steps, the erasure check (``erasure_check.py``): each concept's
+     residual on fixed probe states; with ``stop_patience``, training ends once every
+     concept's residual has stopped falling.
 The trainer holds no global state: device and randomness come from the model and the config.
 Every random draw is keyed by (seed, draw, slot, purpose), so a data-parallel run (``Parallel``:
 each process handles whole groups, or a share of every group's slots, ``distributed.py``) gives the
@@ -39,6 +42,7 @@ from .config import EraseConfig
 from .delta import Delta, DeltaSet
 from .denoiser import Denoiser, module_device, module_dtype
 from .distributed import Parallel, Share, key_seed, keyed_generator
+from .erasure_check import PROMPTS, STATES, build_probes, residuals, should_stop
 from .errors import Cancelled, ConfigError, TrainingError
 from .losses import LOSSES, StepLoss, TimestepCoefficients, build_loss, timestep_coefficients
 from .objectives import esd_target, sdd_target
@@ -64,6 +68,10 @@ class StepInfo:
     elapsed: float  # seconds since the start
     unet_evals: int  # UNet evaluations so far, counted per latent (a CFG pass counts 2)
     adversarial_evals: int = 0  # of unet_evals: spent by robust="adversarial" (robust.py)
+    # at a step with an erasure check (check_every): each concept's residual, 1 before training,
+    # 0 at the erasure's target (erasure_check.py); None at the other steps
+    residuals: tuple[float, ...] | None = None
+    stopping: bool = False  # the erasure check ends training here (stop_patience)
     # The erasure as it would be returned if training stopped now (the EMA teacher's deltas, or
     # the student's with result="student"), under canonical names: fresh CPU copies, safe to use
     # in another thread while training goes on. It copies every trained tensor: call it only at
@@ -155,6 +163,7 @@ class TrainState:
     evals: EvalCounter  # this process's UNet evaluations
     step: int = 0  # steps done
     history: list[float] = field(default_factory=list)  # the loss of the whole batch, per step
+    checks: list[tuple[int, list[float]]] = field(default_factory=list)  # (step, residuals)
 
 
 def check_inputs(conditioning: Conditioning, config: EraseConfig) -> None:
@@ -394,14 +403,23 @@ def train(denoiser: Denoiser, conditioning: Conditioning, config: EraseConfig,
         load_checkpoint(checkpoint.path, run, state)
     start = time.perf_counter()
     with training(run, state):
-        while state.step < config.steps:
+        probes = build_probes(run, state) if config.check_every else None
+        stopping = should_stop(config, state.checks)
+        while state.step < config.steps and not stopping:
             loss = step(run, state)
-            if checkpoint is not None and checkpoint.due(state.step, config.steps):
+            found = None
+            if probes is not None and (state.step % config.check_every == 0
+                                       or state.step == config.steps):
+                found = residuals(run, state, probes)
+                state.checks.append((state.step, found))
+                stopping = should_stop(config, state.checks)
+            if checkpoint is not None and (stopping or checkpoint.due(state.step, config.steps)):
                 save_checkpoint(checkpoint.path, run, state)
             if callback is not None and callback(StepInfo(
                     state.step, config.steps, loss, config.lr, time.perf_counter() - start,
                     state.evals.total, state.evals.adversarial,
-                    lambda: current_deltas(run, state))):
+                    weights=lambda: current_deltas(run, state),
+                    residuals=None if found is None else tuple(found), stopping=stopping)):
                 raise Cancelled(f"cancelled at step {state.step} of {config.steps}; "
                                 "nothing was written")
     return export(run, state, time.perf_counter() - start)
@@ -438,5 +456,12 @@ def export(run: Run, state: TrainState, seconds: float) -> EraseResult:
         "context_prompts": sum(len(pairs) - 1 for pairs in run.tasks),
         "trained_parameters": sum(p.numel() for p in deltas.parameters()),
         **(run.robust.metadata() if run.robust is not None else {}),
+        **({"erasure_check": {
+            "check_every": config.check_every, "stop_patience": config.stop_patience,
+            "probe_states_per_concept": PROMPTS * STATES,
+            "steps_run": state.step,
+            "stopped_early": state.step < config.steps,
+            "checks": [[n, [round(r, 5) for r in found]] for n, found in state.checks]}}
+           if config.check_every else {}),
     })
     return EraseResult(deltas=canonical, config=config, loss_history=state.history, metadata=meta)

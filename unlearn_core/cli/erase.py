@@ -94,13 +94,11 @@ def run_erase_toy(args: argparse.Namespace) -> int:
     set_threads(0, parameter_count(model.unet, model.text_encoder))
     bar = tqdm(total=config.steps, desc="erasing (toy)", unit="step",
                disable=config.method == "uce" or not plan.is_main)
-    def progress(info) -> None:  # returns None: a true value would cancel the run
-        bar.update(1)
-
     try:
-        result = erase_toy(model, config, callback=progress, **plan.erase_options())
+        result = erase_toy(model, config, callback=progress_to(bar), **plan.erase_options())
     finally:
         bar.close()
+    report_check(result.metadata, plan.is_main)
     out = plan.publish(lambda: save_erasure(out, result.deltas, dict(result.metadata),
                                             overwrite=args.overwrite))
     if out is None:  # not the first process of a data-parallel run: it writes
@@ -108,6 +106,30 @@ def run_erase_toy(args: argparse.Namespace) -> int:
     print(f"done: {config.method} on the toy model, {time.perf_counter() - start:.1f} s, "
           f"wrote {out}")
     return 0
+
+
+def progress_to(bar):
+    """The trainer's callback for a tqdm bar: loss, and the erasure check's residual when there
+    is one; returns None (a true value would cancel the run)."""
+    shown = {}
+
+    def progress(info) -> None:
+        bar.update(1)
+        shown["loss"] = f"{info.loss:.3g}"
+        if info.residuals is not None:
+            shown["residual"] = f"{max(info.residuals):.3f}"
+        bar.set_postfix(shown)
+
+    return progress
+
+
+def report_check(metadata: dict, is_main: bool) -> None:
+    """Print the erasure check's outcome (``--check-every``), once."""
+    from ..erasure_check import describe
+
+    line = describe(metadata)
+    if line and is_main:
+        print(line)
 
 
 def run_erase_sd1(args: argparse.Namespace) -> int:
@@ -141,15 +163,12 @@ def run_erase_sd1(args: argparse.Namespace) -> int:
     cond = encode_conditioning(pipe.encode, config, pipe.last_token, pipe.count_tokens)
     bar = tqdm(total=config.steps, desc="erasing", unit="step",
                disable=config.method == "uce" or not plan.is_main)
-
-    def progress(info) -> None:
-        bar.update(1)
-        bar.set_postfix(loss=f"{info.loss:.3g}")
-
     try:
-        result = erase(pipe.denoiser, cond, config, callback=progress, **plan.erase_options())
+        result = erase(pipe.denoiser, cond, config, callback=progress_to(bar),
+                       **plan.erase_options())
     finally:
         bar.close()
+    report_check(result.metadata, plan.is_main)
     deltas = result.deltas
     meta = dict(result.metadata)
     if args.svd_rank and config.parametrization == "full" and plan.is_main:
