@@ -126,3 +126,16 @@ def test_a_resumed_run_keeps_its_checks(tmp_path):
     resumed = erase(tiny_denoiser(), cond, cfg, checkpoint=plan)
     assert resumed.metadata["erasure_check"]["checks"] == whole.metadata["erasure_check"]["checks"]
     assert resumed.loss_history == whole.loss_history
+
+
+def test_the_command_reports_the_check_and_writes_it_into_the_file(tmp_path, capsys):
+    from unlearn_core.cli import main
+    from unlearn_core.files import read_metadata
+
+    out = tmp_path / "red.safetensors"
+    assert main(["erase", "--model", "toy", "--concept", "red", "--steps", "4", "--batch-size", "2",
+                 "--check-every", "2", "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "erasure check: residual" in printed and "at step 4" in printed
+    check = read_metadata(out)["erasure_check"]
+    assert [n for n, _ in check["checks"]] == [2, 4] and check["steps_run"] == 4
