@@ -14,12 +14,13 @@ The residual of a concept at a check is
 
     r = sum w ||eps_w(x, c) - target||^2 / sum w ||e_c(x) - target||^2
 
-over its probe states, with w = (1 - alpha_bar_t) / alpha_bar_t (the squared error in x0 space:
-the high-noise states, where the image's content is decided, count; at low noise a large eps
-error changes the image little), where eps_w are the weights training would return now (the EMA teacher,
-or the student with result="student"): 1 before training, 0 when the returned weights predict
-the target exactly. It is a distance in the model's own prediction space, the same quantity on
-SD as on the toy model, with no judge or image model. What residual means "erased" for a kind
+over its probe states, with w proportional to (1 - alpha_bar_t) / alpha_bar_t (the square of the
+loss's SNR weight: the squared error in x0 space, so the high-noise states, where the image's
+content is decided, count, and at low noise a large eps error changes the image little), where
+eps_w are the predictions of the weights training would return now (the EMA teacher, or the
+student with result="student"): 1 before training, 0 when they predict the target exactly.
+It is a distance in the model's own prediction space, the same quantity on SD as on the toy
+model, with no judge or image model. What residual means "erased" for a kind
 of concept is a measurement, not a law: on the toy world a colour was erased at 0.08-0.14 and
 the circle at 0.65-0.74 (BENCHMARKS.md §5i), so no threshold on it is offered; the plateau rule
 acts on its shape instead, and is not the default either.
@@ -37,6 +38,7 @@ from dataclasses import dataclass
 import torch
 
 from .distributed import key_seed
+from .objectives import base_pair, negative_guidance
 from .sampling import TrajectorySampler
 
 Tensor = torch.Tensor
@@ -55,7 +57,7 @@ class Probe:
     prompt: Tensor  # (n, L, D)
     target: Tensor  # (n, C, H, W), float32
     base: Tensor  # (n, C, H, W), float32: e_c, the base model's prediction for the prompt
-    weight: Tensor  # (n,): (1 - alpha_bar) / alpha_bar, a squared eps error in x0 space
+    weight: Tensor  # (n,): proportional to (1 - alpha_bar) / alpha_bar: eps error -> x0 space
 
 
 def probe_pairs(pairs: list[tuple[Tensor, Tensor]], k: int = PROMPTS) -> list[tuple[Tensor, Tensor]]:
@@ -81,21 +83,20 @@ def build_probes(run, state) -> list[Probe]:
                     key_seed(cfg.seed, "probe", i, j), device, dtype, reuse=1, evals=state.evals)
                 states = sampler.draw(min(STATES, cfg.sampling_steps), 0)
                 n = states.x.shape[0]
-                emb = torch.cat([anchor.expand(n, -1, -1), prompt.expand(n, -1, -1)])
-                eps = run.denoiser(torch.cat([states.x, states.x]), torch.cat([states.t, states.t]),
-                                   emb).float()
+                e_0, e_c = (e.float() for e in base_pair(
+                    run.denoiser, state.deltas, states.x, states.t, prompt.expand(n, -1, -1),
+                    anchor.expand(n, -1, -1)))
                 state.evals.nograd += 2 * n
-                e_0, e_c = eps.chunk(2)
-                aim = e_0 - cfg.esd_eta * (e_c - e_0) if cfg.objective == "esd" else e_0
+                aim = negative_guidance(e_0, e_c, cfg.esd_eta) if cfg.objective == "esd" else e_0
                 bases.append(e_c)
                 xs.append(states.x)
                 ts.append(states.t)
                 prompts.append(prompt.expand(n, -1, -1))
                 targets.append(aim)
             t = torch.cat(ts)
-            a = run.denoiser.alphas_cumprod.to(t.device)[t].double()
+            weight = run.coefficients.snr_weight.to(t.device)[t] ** 2  # the loss's, squared
             probes.append(Probe(torch.cat(xs), t, torch.cat(prompts), torch.cat(targets),
-                                torch.cat(bases), ((1 - a) / a).float()))
+                                torch.cat(bases), weight))
     return probes
 
 

@@ -31,10 +31,23 @@ def sdd_target(denoiser: Denoiser, deltas: DeltaSet, teacher: list[Tensor], x_t:
 
 
 @torch.no_grad()
+def base_pair(denoiser: Denoiser, deltas: DeltaSet, x_t: Tensor, t: Tensor, emb_concept: Tensor,
+              emb_empty: Tensor) -> tuple[Tensor, Tensor]:
+    """(e_0, e_c): the frozen base's (deltas off) predictions for the anchor and the concept, in
+    one batch."""
+    with deltas.disabled():
+        eps = denoiser(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([emb_empty, emb_concept]))
+    e_0, e_c = eps.chunk(2)
+    return e_0, e_c
+
+
+def negative_guidance(e_0: Tensor, e_c: Tensor, eta: float) -> Tensor:
+    """ESD's target e_0 - eta (e_c - e_0)."""
+    return e_0 - eta * (e_c - e_0)
+
+
+@torch.no_grad()
 def esd_target(denoiser: Denoiser, deltas: DeltaSet, x_t: Tensor, t: Tensor, emb_concept: Tensor,
                emb_empty: Tensor, eta: float) -> Tensor:
     """e_0 - eta (e_c - e_0) from the frozen base (deltas off); both passes in one batch."""
-    with deltas.disabled():
-        eps = denoiser(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([emb_empty, emb_concept]))
-    eps_null, eps_concept = eps.chunk(2)
-    return eps_null - eta * (eps_concept - eps_null)
+    return negative_guidance(*base_pair(denoiser, deltas, x_t, t, emb_concept, emb_empty), eta)

@@ -42,7 +42,7 @@ from .config import EraseConfig
 from .delta import Delta, DeltaSet
 from .denoiser import Denoiser, module_device, module_dtype
 from .distributed import Parallel, Share, key_seed, keyed_generator
-from .erasure_check import PROMPTS, STATES, build_probes, residuals, should_stop
+from .erasure_check import build_probes, residuals, should_stop
 from .errors import Cancelled, ConfigError, TrainingError
 from .losses import LOSSES, StepLoss, TimestepCoefficients, build_loss, timestep_coefficients
 from .objectives import esd_target, sdd_target
@@ -458,7 +458,6 @@ def export(run: Run, state: TrainState, seconds: float) -> EraseResult:
         **(run.robust.metadata() if run.robust is not None else {}),
         **({"erasure_check": {
             "check_every": config.check_every, "stop_patience": config.stop_patience,
-            "probe_states_per_concept": PROMPTS * STATES,
             "steps_run": state.step,
             "stopped_early": state.step < config.steps,
             "checks": [[n, [round(r, 5) for r in found]] for n, found in state.checks]}}
