@@ -41,6 +41,8 @@ OUT_PLOT_TIP = "The training loss per step as a picture (connect a Preview Image
 
 from .fields import ADVANCED_FIELDS  # noqa: E402  (the widget order; see nodes/fields.py)
 
+JUDGE_CLIP = "UNLEARN_CLIP"  # nodes/metrics.py's CLIP_MODEL: what Unlearn CLIP Loader returns
+
 UCE_FIELDS = ("concepts", "uce_guide", "retain_prompts", "uce_lambda", "uce_erase_scale",
               "uce_preserve_scale", "uce_token")
 UCE_TIPS = {
@@ -101,11 +103,11 @@ def make_conditioning(clip: Any, config: EraseConfig, rows: EncodedRows | None =
 
 
 def _erase(model: Any, clip: Any, config: EraseConfig, label: str,
-           rows: EncodedRows | None = None):
+           rows: EncodedRows | None = None, judge: Any = None):
     """One host call: checks the MODEL, builds the conditioning, trains; returns the patched
     clone and the erasure."""
     result = host.run_erase(model, lambda: make_conditioning(clip, config, rows), config,
-                            label=label)
+                            label=label, judge=judge)
     return host.patched_clone(model, result.deltas, 1.0), result
 
 
@@ -160,6 +162,24 @@ class UnlearnEraseConcept:
         return (erased, result, loss_plot(result.loss_history, f"{preset} ({config.loss})"))
 
 
+def node_judge(config: EraseConfig, model: Any, judge_clip: Any, judge_vae: Any):
+    """The judge of ``judge_every`` from the Advanced node's optional inputs (None without
+    judge_every); a missing input is named before any work."""
+    if not config.judge_every:
+        return None
+    for value, name, what in ((judge_clip, "judge_clip", "a CLIP model (Unlearn CLIP Loader)"),
+                              (judge_vae, "judge_vae", "the checkpoint's VAE")):
+        if value is None:
+            raise ConfigError(name, None, f"judge_every = {config.judge_every} samples images and "
+                              "asks a judge whether they still show the concept; the judge needs "
+                              f"{what}", f"connect {what} to {name}, or set judge_every to 0")
+    from ..unlearn_core.judge_stop import ScoreJudge
+    from ..unlearn_core.metrics.scorers import ClipScorer
+
+    return ScoreJudge(ClipScorer(judge_clip), host.vae_decoder(judge_vae, model),
+                      config.concepts, config.judge_threshold)
+
+
 class UnlearnEraseConceptAdvanced:
     """Every setting of the erasure, and prompts as CONDITIONING if wanted."""
 
@@ -187,10 +207,15 @@ class UnlearnEraseConceptAdvanced:
                 "target and the sampler's negative; UCE: the guide).")}),
             "retain_conditioning": ("CONDITIONING", {"tooltip": (
                 "Retain/preserve prompts as conditioning instead of retain_prompts text.")}),
+            "judge_clip": (JUDGE_CLIP, {"tooltip": (
+                "With judge_every: the CLIP model (Unlearn CLIP Loader) that judges whether the "
+                "sampled images still show each concept (score >= judge_threshold).")}),
+            "judge_vae": ("VAE", {"tooltip": "With judge_every: the VAE that decodes the sampled "
+                                             "images for the judge (the checkpoint's)."}),
         }}
 
     def erase(self, model, clip, concept_conditioning=None, anchor_conditioning=None,
-              retain_conditioning=None, **values):
+              retain_conditioning=None, judge_clip=None, judge_vae=None, **values):
         values = dict(values)
         rows = EncodedRows(*(
             host.conditioning_rows(cond, name) if cond is not None else None
@@ -204,7 +229,8 @@ class UnlearnEraseConceptAdvanced:
             values["retain_prompts"] = _labels(lines(values.get("retain_prompts")), rows.retain,
                                                "retain_prompts", "retain_conditioning")
         config = build_config(values)
-        erased, result = _erase(model, clip, config, "Erase Concept (Advanced)", rows)
+        judge = node_judge(config, model, judge_clip, judge_vae)
+        erased, result = _erase(model, clip, config, "Erase Concept (Advanced)", rows, judge)
         title = f"{config.method} {config.objective} ({config.loss})"
         return (erased, result, loss_plot(result.loss_history, title))
 

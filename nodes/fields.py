@@ -16,4 +16,5 @@ ADVANCED_FIELDS = (
     "robust", "robust_every", "robust_inner_steps", "robust_tokens", "robust_weight",
     "trajectories_per_step",
     "check_every", "stop_patience",
+    "judge_every", "judge_images", "judge_patience", "judge_threshold",
 )

@@ -44,6 +44,7 @@ from ..unlearn_core.delta import Delta
 from ..unlearn_core.erasure_check import describe
 from ..unlearn_core.errors import ConfigError, ModelError
 from ..unlearn_core.files import to_state_dict
+from ..unlearn_core.judge_stop import describe as describe_judged
 from ..unlearn_core.result import EraseResult
 from ..unlearn_core.selection import select_layers
 from ..unlearn_core.trainer import StepInfo, check_rank, erase
@@ -365,12 +366,13 @@ class _ProgressText:
 
 
 def run_erase(model: Any, conditioning: Conditioning | Callable[[], Conditioning],
-              config: EraseConfig, label: str = "Unlearn") -> EraseResult:
+              config: EraseConfig, label: str = "Unlearn", judge: Any = None) -> EraseResult:
     """The core's ``erase`` on a ComfyUI MODEL; the MODEL's weights are never written.
 
     ``conditioning`` may be a callable that builds it: it runs after the MODEL passed the cheap
     checks, so a wrong model is named before any prompt is encoded.
     Progress goes to ComfyUI's ProgressBar and a console tqdm bar; Cancel is checked every step.
+    ``judge``: the images' judge of ``judge_every`` (``judge_stop.Judge``).
     """
     check_sd1(model)
     if callable(conditioning):
@@ -389,16 +391,21 @@ def run_erase(model: Any, conditioning: Conditioning | Callable[[], Conditioning
 
     text = _ProgressText()
     residual = ""  # the last erasure check's, when check_every is set
+    judged = ""  # the last judged check's, when judge_every is set
 
     def on_step(info: StepInfo) -> None:
-        nonlocal residual
+        nonlocal residual, judged
         if info.residuals is not None:
             residual = f" · residual {max(info.residuals):.3f}"
+        if info.judged is not None:
+            judged = f" · judged {max(info.judged):.2f}"
         pbar.update_absolute(info.total if info.stopping else info.step, info.total)
         left = info.elapsed / info.step * (info.total - info.step)
-        text.send(f"stopped after {info.step} steps: the residual stopped falling{residual}"
+        why = ("the judge sees every concept gone" if info.judged is not None
+               else "the residual stopped falling")
+        text.send(f"stopped after {info.step} steps: {why}{residual}{judged}"
                   if info.stopping else
-                  f"step {info.step}/{info.total} · loss {info.loss:.4g}{residual} · "
+                  f"step {info.step}/{info.total} · loss {info.loss:.4g}{residual}{judged} · "
                   f"{left:.0f} s left", last=info.stopping or info.step == info.total)
         bar.update(1)
         bar.set_postfix(loss=f"{info.loss:.4g}", refresh=False)
@@ -410,7 +417,8 @@ def run_erase(model: Any, conditioning: Conditioning | Callable[[], Conditioning
     try:
         with torch.inference_mode(False), torch.enable_grad(), weights as n_cloned:
             log.debug("%s: %d weight tensors cloned out of inference mode", label, n_cloned)
-            result = erase(denoiser, conditioning, config, callback=on_step if training else None)
+            result = erase(denoiser, conditioning, config, callback=on_step if training else None,
+                           judge=judge)
     finally:
         bar.close()
         comfy.model_management.soft_empty_cache()
@@ -419,9 +427,9 @@ def run_erase(model: Any, conditioning: Conditioning | Callable[[], Conditioning
     log.info("%s: %s on %d layers in %.1f s%s", label, config.method, len(result.deltas),
              time.perf_counter() - start,
              f", final loss {result.loss_history[-1]:.4g}" if result.loss_history else "")
-    checked = describe(result.metadata)
-    if checked:
-        log.info("%s: %s", label, checked)
+    for line in (describe(result.metadata), describe_judged(result.metadata)):
+        if line:
+            log.info("%s: %s", label, line)
     return result
 
 

@@ -7,7 +7,9 @@
 - the Probe's ``psis``/``seeds`` and the Report's ``seeds`` are checked by VALIDATE_INPUTS, before
   an Erase node upstream trains;
 - CLIP Score of an empty image batch is an error, not a NaN mean;
-- Save keeps the letters of a non-ASCII name, records the SVD rank it wrote and kohya's fields.
+- Save keeps the letters of a non-ASCII name, records the SVD rank it wrote and kohya's fields;
+- judge_every without a judge is named before the model loads; with Unlearn CLIP Loader's model
+  and the checkpoint's VAE it stops training on the judge's verdict.
 
 Messages are compared by substring: ComfyUI 0.3.x appends a newline to node errors.
 """
@@ -282,3 +284,35 @@ def test_a_long_probe_concept_is_refused_before_sampling(comfy_host, small_sd15_
     assert result.valid and not result.success
     msg = result.error_message
     assert msg.startswith("concept = ") and "90 tokens long" in msg and "at most 75 tokens" in msg
+
+
+# ---- the judge of judge_every: named when missing, a real CLIP model when given ------------
+
+def test_judge_every_without_a_judge_is_refused_before_the_model_loads(comfy_host, small_sd15_ckpt,
+                                                                      monkeypatch):
+    host = nh.pack_module("nodes.host")
+    monkeypatch.setattr(host, "_load", lambda *a, **k: pytest.fail("the model was loaded"))
+    prompt = nh.erase_prompt(small_sd15_ckpt, node_classes=comfy_host.node_classes,
+                             concepts="a dog", judge_every=1)
+    result = comfy_host.run(prompt, fresh_cache=True)
+    assert result.valid and not result.success
+    msg = result.error["exception_message"]
+    assert msg.startswith("judge_clip = ") and "Unlearn CLIP Loader" in msg
+    assert "set judge_every to 0" in msg
+
+
+def test_judge_every_stops_on_the_clip_judge(comfy_host, small_sd15_ckpt):
+    prompt = nh.erase_prompt(small_sd15_ckpt, node_classes=comfy_host.node_classes,
+                             sample_erased=False, concepts="a dog",
+                             **{**nh.TINY_TRAINING, "steps": 6, "judge_every": 1,
+                                "judge_images": 1, "judge_threshold": 100.0})
+    prompt["50"] = {"class_type": "UnlearnCLIPLoader",
+                    "inputs": {"clip_arch": "auto (from the file)",
+                               "clip_weights": nh.toy_clip_file(comfy_host)}}
+    prompt["20"]["inputs"].update(judge_clip=["50", 0], judge_vae=["4", 2])
+    comfy_host.run(prompt, fresh_cache=True).raise_for_status()
+    erasure = nh.outputs_of(comfy_host, "20")[1][0]
+    info = erasure.metadata["judge_stop"]
+    # no CLIP score reaches 100 (a cosine of 1): floor 0, nothing shown, erased at checks 1 and 2
+    assert info["floors"] == [0.0] and info["steps_run"] == 2 and info["stopped_early"]
+    assert len(erasure.loss_history) == 2

@@ -210,6 +210,22 @@ class EraseConfig:
         "without a new best lower by 2% (it has stopped falling; steps is then the most it "
         "runs); 0 = off. Not the default: a plateau is not always a finished erasure "
         "(BENCHMARKS.md §5i). Needs check_every.", min=0, ui=dict(max=1000))
+    judge_every: int = _f(
+        0, "Steps between two judged checks (0 = none): judge_images images of each concept's "
+        "prompts are sampled from the weights training would return and a judge of images "
+        "(on SD-1.x a local CLIP model: an image shows the concept at a CLIP score of "
+        "judge_threshold or more; on the toy world its classifiers) says which show it. "
+        "Training stops once every concept is judged in at most half as many of its images as "
+        "the untouched model's empty-prompt samples, judge_patience checks in a row; steps is "
+        "then the most it runs (BENCHMARKS.md §5k). Needs a judge.", min=0, ui=dict(max=100_000))
+    judge_images: int = _f(8, "Images sampled per concept at each judged check.", min=1,
+                           ui=dict(max=1024))
+    judge_patience: int = _f(2, "Judged checks in a row that must call every concept erased "
+                             "before training stops.", min=1, ui=dict(max=1000))
+    judge_threshold: float = _f(
+        25.0, "The CLIP judge's threshold: an image shows the concept at a CLIP score (0-100) "
+        "against the concept's name of this or more (the red-team attacks' rule). Not read by "
+        "the toy world's judges.", min=0.0, ui=dict(step=0.5, max=100.0))
     robust: str = _f(
         "none", "adversarial: every robust_every steps an inner loop finds conditioning rows that "
         "bring the concept back in the current student (the red-team attacks), and the erasure "

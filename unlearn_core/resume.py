@@ -117,6 +117,8 @@ def save_checkpoint(path: Path, run: Run, state: TrainState) -> None:
         "base_weights_sha256": run.base_hash,
         "step": state.step, "history": list(state.history),
         "checks": [[n, list(found)] for n, found in state.checks],
+        "judged": [[n, list(found)] for n, found in state.judged],
+        "floors": list(state.floors),
         "evals": [int(v) for v in evals.tolist()],
         "deltas": [p.detach().cpu().clone() for p in params],
         "teacher": [t.detach().cpu().clone() for t in state.teacher],
@@ -145,6 +147,8 @@ def load_checkpoint(path: Path, run: Run, state: TrainState) -> bool:
     state.optimizer.load_state_dict(data["optimizer"])
     state.step, state.history = int(data["step"]), list(data["history"])
     state.checks = [(int(n), list(found)) for n, found in data.get("checks", [])]
+    state.judged = [(int(n), list(found)) for n, found in data.get("judged", [])]
+    state.floors = [float(f) for f in data.get("floors", [])]
     from .trainer import aim_samplers  # (trainer imports this module)
 
     aim_samplers(run, state.step)  # the samplers' prompts: the held trajectories'

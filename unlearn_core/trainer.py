@@ -19,6 +19,9 @@ step counter, the loss history, the evaluation counts) and ``step``, which runs 
   6. every ``check_every`` steps, the erasure check (``erasure_check.py``): each concept's
      residual on fixed probe states; with ``stop_patience``, training ends once every
      concept's residual has stopped falling.
+  7. every ``judge_every`` steps, a judged check (``judge_stop.py``): a few images of each
+     concept's prompts, sampled from the returned weights, judged by the caller's judge;
+     training ends once every concept is judged erased ``judge_patience`` checks in a row.
 The trainer holds no global state: device and randomness come from the model and the config.
 Every random draw is keyed by (seed, draw, slot, purpose), so a data-parallel run (``Parallel``:
 each process handles whole groups, or a share of every group's slots, ``distributed.py``) gives the
@@ -44,6 +47,7 @@ from .denoiser import Denoiser, module_device, module_dtype
 from .distributed import Parallel, Share, key_seed, keyed_generator
 from .erasure_check import build_probes, residuals, should_stop
 from .errors import Cancelled, ConfigError, TrainingError
+from .judge_stop import Judge, check_judge, floors, judged_stop, rates
 from .losses import LOSSES, StepLoss, TimestepCoefficients, build_loss, timestep_coefficients
 from .objectives import esd_target, sdd_target
 from .result import EraseResult, base_metadata, weights_hash
@@ -71,7 +75,10 @@ class StepInfo:
     # at a step with an erasure check (check_every): each concept's residual, 1 before training,
     # 0 at the erasure's target (erasure_check.py); None at the other steps
     residuals: tuple[float, ...] | None = None
-    stopping: bool = False  # the erasure check ends training here (stop_patience)
+    stopping: bool = False  # training ends here: the erasure check (stop_patience) or the judge
+    # at a step with a judged check (judge_every): each concept's share of images judged to show
+    # it (judge_stop.py); None at the other steps
+    judged: tuple[float, ...] | None = None
     # The erasure as it would be returned if training stopped now (the EMA teacher's deltas, or
     # the student's with result="student"), under canonical names: fresh CPU copies, safe to use
     # in another thread while training goes on. It copies every trained tensor: call it only at
@@ -106,13 +113,14 @@ def make_optimizer(params: list[Tensor], config: EraseConfig) -> torch.optim.Opt
 
 def erase(denoiser: Denoiser, conditioning: Conditioning, config: EraseConfig,
           callback: Callback | None = None, *, parallel: Parallel | None = None,
-          checkpoint: CheckpointPlan | None = None) -> EraseResult:
+          checkpoint: CheckpointPlan | None = None, judge: Judge | None = None) -> EraseResult:
     """Erase ``config.concepts`` from ``denoiser``; returns the weight changes (never writes weights).
 
     ``conditioning`` holds the embeddings of the concepts (in the order of ``config.concepts``),
     the empty prompt, the trajectory prompt and any retain prompts. ``parallel``: this process's
     share of a data-parallel run; ``checkpoint``: where to write (and resume from) the training
-    state. UCE (closed form) uses neither.
+    state; ``judge``: which sampled images show a concept (``judge_stop.Judge``), needed by
+    ``judge_every``. UCE (closed form) uses none of them.
     """
     # Shapes, widths and values of the embeddings, before anything is selected or cloned.
     conditioning.check(getattr(denoiser, "context_dim", None))
@@ -121,7 +129,7 @@ def erase(denoiser: Denoiser, conditioning: Conditioning, config: EraseConfig,
 
         return uce_erase(denoiser, conditioning, config)
     return train(denoiser, conditioning, config, callback, parallel=parallel,
-                 checkpoint=checkpoint)
+                 checkpoint=checkpoint, judge=judge)
 
 
 @dataclass
@@ -164,6 +172,8 @@ class TrainState:
     step: int = 0  # steps done
     history: list[float] = field(default_factory=list)  # the loss of the whole batch, per step
     checks: list[tuple[int, list[float]]] = field(default_factory=list)  # (step, residuals)
+    judged: list[tuple[int, list[float]]] = field(default_factory=list)  # (step, judged shares)
+    floors: list[float] = field(default_factory=list)  # judge_stop: each concept's floor
 
 
 def check_inputs(conditioning: Conditioning, config: EraseConfig) -> None:
@@ -395,31 +405,41 @@ def training(run: Run, state: TrainState) -> Iterator[None]:
 
 def train(denoiser: Denoiser, conditioning: Conditioning, config: EraseConfig,
           callback: Callback | None = None, *, parallel: Parallel | None = None,
-          checkpoint: CheckpointPlan | None = None) -> EraseResult:
+          checkpoint: CheckpointPlan | None = None, judge: Judge | None = None) -> EraseResult:
     """The training methods (sdd, esd): ``config.steps`` steps, the callback after each; with
-    ``checkpoint``, the state is read back first (``resume``) and written every ``every`` steps."""
+    ``checkpoint``, the state is read back first (``resume``) and written every ``every`` steps;
+    with ``judge_every``, fewer once ``judge`` sees every concept gone."""
+    check_judge(config, judge)
     run, state = prepare(denoiser, conditioning, config, parallel)
     if checkpoint is not None and checkpoint.resume:
         load_checkpoint(checkpoint.path, run, state)
     start = time.perf_counter()
     with training(run, state):
         probes = build_probes(run, state) if config.check_every else None
-        stopping = should_stop(config, state.checks)
+        if config.judge_every and not state.floors:
+            state.floors = floors(run, state, judge)
+        stopping = should_stop(config, state.checks) or (
+            bool(config.judge_every) and judged_stop(config, state.floors, state.judged))
         while state.step < config.steps and not stopping:
             loss = step(run, state)
-            found = None
+            found = shares = None
             if probes is not None and (state.step % config.check_every == 0
                                        or state.step == config.steps):
                 found = residuals(run, state, probes)
                 state.checks.append((state.step, found))
                 stopping = should_stop(config, state.checks)
+            if config.judge_every and state.step % config.judge_every == 0:
+                shares = rates(run, state, judge, len(state.judged))
+                state.judged.append((state.step, shares))
+                stopping = stopping or judged_stop(config, state.floors, state.judged)
             if checkpoint is not None and (stopping or checkpoint.due(state.step, config.steps)):
                 save_checkpoint(checkpoint.path, run, state)
             if callback is not None and callback(StepInfo(
                     state.step, config.steps, loss, config.lr, time.perf_counter() - start,
                     state.evals.total, state.evals.adversarial,
                     weights=lambda: current_deltas(run, state),
-                    residuals=None if found is None else tuple(found), stopping=stopping)):
+                    residuals=None if found is None else tuple(found), stopping=stopping,
+                    judged=None if shares is None else tuple(shares))):
                 raise Cancelled(f"cancelled at step {state.step} of {config.steps}; "
                                 "nothing was written")
     return export(run, state, time.perf_counter() - start)
@@ -462,5 +482,12 @@ def export(run: Run, state: TrainState, seconds: float) -> EraseResult:
             "stopped_early": state.step < config.steps,
             "checks": [[n, [round(r, 5) for r in found]] for n, found in state.checks]}}
            if config.check_every else {}),
+        **({"judge_stop": {
+            "judge_every": config.judge_every, "judge_images": config.judge_images,
+            "judge_patience": config.judge_patience, "steps": config.steps,
+            "steps_run": state.step, "stopped_early": state.step < config.steps,
+            "floors": [round(f, 5) for f in state.floors],
+            "checks": [[n, [round(r, 5) for r in found]] for n, found in state.judged]}}
+           if config.judge_every else {}),
     })
     return EraseResult(deltas=canonical, config=config, loss_history=state.history, metadata=meta)

@@ -171,32 +171,47 @@ def load_erasure_file(path: str, denoiser):
     return DeltaErasure(loaded.deltas, loaded.metadata)
 
 
+def load_vae(path: str, device: str):
+    """The VAE of a local SD-1.x folder, in eval mode on ``device``."""
+    from diffusers import AutoencoderKL
+
+    from ..sd1 import load_component
+
+    return load_component(Path(path), "vae", lambda: AutoencoderKL.from_pretrained(
+        Path(path) / "vae", local_files_only=True)).to(device).eval()
+
+
+def vae_decode(vae, latents):
+    """UNet-scaled latents -> images (B, 3, H, W) in [0, 1]."""
+    import torch
+
+    from ..metrics.generation import unit_from_signed
+
+    with torch.no_grad():
+        x = vae.decode(latents.to(vae.device, vae.dtype) / SD_VAE_SCALE).sample
+    return unit_from_signed(x.float())
+
+
 class SDWorld:
     """A local SD-1.x folder as ``probe`` and ``attack`` use it: UNet denoiser, CLIP text encoder,
     VAE decoder (and encoder, for ``attack --images``)."""
 
     def __init__(self, path: str, device: str, resolution: int) -> None:
         import torch
-        from diffusers import AutoencoderKL
 
-        from ..sd1 import SD1Pipeline, load_component
+        from ..sd1 import SD1Pipeline
 
         if resolution % 8:
             raise ConfigError("--resolution", resolution, "must be a multiple of 8", "use e.g. 512")
         pipe = SD1Pipeline(path, device=device)
         self.denoiser = pipe.denoiser
         self.encode = pipe.encode
-        self.vae = load_component(Path(path), "vae", lambda: AutoencoderKL.from_pretrained(
-            Path(path) / "vae", local_files_only=True)).to(device).eval()
+        self.vae = load_vae(path, device)
         self.latent_shape = (4, resolution // 8, resolution // 8)
         self._torch = torch
 
     def decode(self, latents):
-        from ..metrics.generation import unit_from_signed
-
-        with self._torch.no_grad():
-            x = self.vae.decode(latents.to(self.vae.dtype) / SD_VAE_SCALE).sample
-        return unit_from_signed(x.float())
+        return vae_decode(self.vae, latents)
 
     def encode_images(self, images):
         """Images (B, 3, H, W) in [0, 1] -> the VAE's latents (its mean), scaled for the UNet."""

@@ -12,7 +12,7 @@ from pathlib import Path
 from ..config import RECIPES
 from ..devices import DEVICE_HELP, resolve_device
 from ..errors import ConfigError
-from .common import add_config_arguments, config_from_args
+from .common import add_clip_arguments, add_config_arguments, config_from_args
 from .run_options import add_run_arguments, plan_run
 
 
@@ -34,6 +34,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="named settings under the flags you give: sdd-paper = the official SDD "
                         "loop (50-step trajectories, batch 1, slow); fast = the defaults; "
                         "fast-lora = the defaults with a rank-8 LoRA (less memory)")
+    judge = p.add_argument_group(
+        "the judge of --judge-every on SD-1.x (the toy model brings its own judges)",
+        "a local open_clip model scores each sampled image against the concept's name; an image "
+        "shows the concept at a score of --judge-threshold or more")
+    add_clip_arguments(judge)
     add_run_arguments(p)
     add_config_arguments(p)
 
@@ -103,7 +108,8 @@ def run_erase_toy(args: argparse.Namespace) -> int:
                                             overwrite=args.overwrite))
     if out is None:  # not the first process of a data-parallel run: it writes
         return 0
-    print(f"done: {config.method} on the toy model, {time.perf_counter() - start:.1f} s, "
+    ran = f", {len(result.loss_history)} steps" if result.loss_history else ""
+    print(f"done: {config.method} on the toy model{ran}, {time.perf_counter() - start:.1f} s, "
           f"wrote {out}")
     return 0
 
@@ -118,18 +124,48 @@ def progress_to(bar):
         shown["loss"] = f"{info.loss:.3g}"
         if info.residuals is not None:
             shown["residual"] = f"{max(info.residuals):.3f}"
+        if info.judged is not None:
+            shown["judged"] = f"{max(info.judged):.2f}"
         bar.set_postfix(shown)
 
     return progress
 
 
 def report_check(metadata: dict, is_main: bool) -> None:
-    """Print the erasure check's outcome (``--check-every``), once."""
+    """Print the erasure check's (``--check-every``) and the judge's (``--judge-every``)
+    outcome, once."""
     from ..erasure_check import describe
+    from ..judge_stop import describe as describe_judged
 
-    line = describe(metadata)
-    if line and is_main:
-        print(line)
+    for line in (describe(metadata), describe_judged(metadata)):
+        if line and is_main:
+            print(line)
+
+
+def check_judge_flags(args: argparse.Namespace, config) -> None:
+    """``--judge-every`` on SD-1.x needs a local CLIP model; checked before loading."""
+    if not config.judge_every:
+        return
+    if args.clip_weights is None or args.clip_arch is None:
+        raise ConfigError("--judge-every", config.judge_every, "on SD-1.x the judge is a CLIP model "
+                          "you have locally, and none was given",
+                          "give --clip-arch and --clip-weights (and --judge-threshold, default "
+                          "25), or drop --judge-every")
+    if not Path(args.clip_weights).is_file():
+        raise ConfigError("--clip-weights", args.clip_weights, "the file does not exist",
+                          "give the path of a local open_clip weights file")
+
+
+def sd_judge(args: argparse.Namespace, config, device: str):
+    """The CLIP judge of ``--judge-every`` on SD-1.x: the folder's VAE decodes, CLIP scores."""
+    from ..judge_stop import ScoreJudge
+    from ..metrics.scorers import ClipScorer
+    from .common import load_clip_from_args, load_vae, vae_decode
+
+    vae = load_vae(args.model, device)
+    scorer = ClipScorer(load_clip_from_args(args, device), args.template)
+    return ScoreJudge(scorer, lambda latents: vae_decode(vae, latents), config.concepts,
+                      config.judge_threshold)
 
 
 def run_erase_sd1(args: argparse.Namespace) -> int:
@@ -157,6 +193,7 @@ def run_erase_sd1(args: argparse.Namespace) -> int:
     check_sd1_folder(args.model)
     check_config_prompts(config, token_counter(load_tokenizer(args.model)))
     check_training_layers(args.model, config)
+    check_judge_flags(args, config)
     plan = plan_run(args, config, out, device)
     start = time.perf_counter()
     pipe = SD1Pipeline(args.model, device=device)
@@ -164,8 +201,9 @@ def run_erase_sd1(args: argparse.Namespace) -> int:
     bar = tqdm(total=config.steps, desc="erasing", unit="step",
                disable=config.method == "uce" or not plan.is_main)
     try:
+        judge = sd_judge(args, config, device) if config.judge_every else None
         result = erase(pipe.denoiser, cond, config, callback=progress_to(bar),
-                       **plan.erase_options())
+                       judge=judge, **plan.erase_options())
     finally:
         bar.close()
     report_check(result.metadata, plan.is_main)
@@ -193,7 +231,7 @@ def run_erase_sd1(args: argparse.Namespace) -> int:
     if written is None:  # not the first process of a data-parallel run: it writes
         return 0
     if result.loss_history:
-        what = f"{config.steps} steps, final loss {result.loss_history[-1]:.4g}"
+        what = f"{len(result.loss_history)} steps, final loss {result.loss_history[-1]:.4g}"
     else:
         what = f"closed-form UCE edit, condition number {result.metadata['condition_number']:.3g}"
     print(f"done: {what}, {time.perf_counter() - start:.1f} s, wrote {written}")

@@ -55,6 +55,21 @@ def default_values(model: ToyModel, concepts: Sequence[str], judges: dict | None
     return tuple(out)
 
 
+def toy_judge(concepts: Sequence[str], judges: dict | None = None) -> Callable:
+    """The toy world's judge for ``judge_every`` (``judge_stop.Judge``): sampled images
+    (B, 3, 16, 16) show concept number i when the judge of its axis names it."""
+    from .evaluate import concept_axis
+    from .judges import judge
+
+    axes = [concept_axis(c) for c in concepts]
+
+    def shows(images, concept: int):
+        axis, index = axes[concept]
+        return judge(images.float().clamp(-1, 1), judges)[axis] == index
+
+    return shows
+
+
 def erase_toy(model: ToyModel, config: EraseConfig, callback: Callback | None = None,
               **options: Any) -> EraseResult:
     """Erase ``config.concepts`` from the toy model (weights untouched; the result holds deltas).
@@ -65,7 +80,8 @@ def erase_toy(model: ToyModel, config: EraseConfig, callback: Callback | None = 
     also pulled towards the captions naming the other values of its kind, and, unless the
     config names its own retain prompts, those captions are held to the base model (with the
     config's ``retain_weight``, or ``TOY_RETAIN_WEIGHT`` where it is 0). ``options`` go to
-    ``erase`` (``parallel``, ``checkpoint``)."""
+    ``erase`` (``parallel``, ``checkpoint``, ``judge``); with ``judge_every`` and no judge
+    given, the toy world's own judges (``toy_judge``) stop the training."""
     from .phrasings import context_pairs, neighbours
 
     defaults = (default_values(model, config.concepts)
@@ -77,4 +93,6 @@ def erase_toy(model: ToyModel, config: EraseConfig, callback: Callback | None = 
         model.encode, config, last_token_fn(model),
         context_pairs=lambda concept: context_pairs(concept, erased=config.concepts,
                                                     other_values=concept in defaults))
+    if config.judge_every and options.get("judge") is None:
+        options["judge"] = toy_judge(config.concepts)
     return erase(toy_denoiser(model), cond, config, callback, **options)
