@@ -50,28 +50,29 @@ def test_each_check_walks_on_through_the_prompts():
 def test_training_stops_once_judged_erased_and_returns_what_that_many_steps_return():
     cond = tiny_conditioning()
     cfg = EraseConfig(concepts=("c",), steps=40, judge_every=4, judge_images=3, **FAST)
-    # floor 1.0 (every empty-prompt image shows it), then shown in all, all, none, none
-    judge = ScriptedJudge([1.0, 1.0, 1.0, 0.0, 0.0])
+    # floor 1.0 (every empty-prompt image shows it), then shown in all, all, none, none, none
+    judge = ScriptedJudge([1.0, 1.0, 1.0, 0.0, 0.0, 0.0])
     seen = []
     res = erase(tiny_denoiser(), cond, cfg, callback=seen.append, judge=judge)
     info = res.metadata["judge_stop"]
-    assert info["floors"] == [1.0] and info["stopped_early"] and info["steps_run"] == 16
-    assert [n for n, _ in info["checks"]] == [4, 8, 12, 16]
-    assert len(res.loss_history) == 16 and seen[-1].step == 16 and seen[-1].stopping
-    assert [i.step for i in seen if i.judged is not None] == [4, 8, 12, 16]
+    assert info["floors"] == [1.0] and info["stopped_early"] and info["steps_run"] == 20
+    assert info["judge_patience"] == 3  # the default: three checks in a row
+    assert [n for n, _ in info["checks"]] == [4, 8, 12, 16, 20]
+    assert len(res.loss_history) == 20 and seen[-1].step == 20 and seen[-1].stopping
+    assert [i.step for i in seen if i.judged is not None] == [4, 8, 12, 16, 20]
     # the floor's images, then judge_images per check, each from fresh noise
     assert judge.calls[0][0].shape[0] == FLOOR_IMAGES
-    assert [c[0].shape[0] for c in judge.calls[1:]] == [3, 3, 3, 3]
+    assert [c[0].shape[0] for c in judge.calls[1:]] == [3] * 5
     assert not torch.equal(judge.calls[1][0], judge.calls[2][0])
-    assert "training stopped after 16 of 40 steps" in describe(res.metadata)
-    # the judge only reads: the same weights as a run of 16 steps without it
-    plain = erase(tiny_denoiser(), cond, cfg.replace(steps=16, judge_every=0))
+    assert "training stopped after 20 of 40 steps" in describe(res.metadata)
+    # the judge only reads: the same weights as a run of 20 steps without it
+    plain = erase(tiny_denoiser(), cond, cfg.replace(steps=20, judge_every=0))
     assert plain.loss_history == res.loss_history and "judge_stop" not in plain.metadata
     for name, delta in plain.deltas.items():
         assert torch.equal(delta.weight(), res.deltas[name].weight())
     # its cost: guided samples (2 UNet evaluations a step) for the floor and every check
     extra = res.metadata["unet_evals_nograd"] - plain.metadata["unet_evals_nograd"]
-    assert extra == 2 * cfg.sampling_steps * (FLOOR_IMAGES + 4 * 3)
+    assert extra == 2 * cfg.sampling_steps * (FLOOR_IMAGES + 5 * 3)
 
 
 def test_a_concept_never_judged_erased_runs_every_step():
@@ -140,7 +141,7 @@ def test_on_sd_the_judge_is_a_clip_model_with_a_threshold(tmp_path, capsys):
     root = make_sd1_folder(tmp_path / "sd1")
     add_tiny_vae(root)
     clip = random_tiny_clip_file(tmp_path)
-    base = ["erase", "--model", str(root), "--concept", "a cat", "--steps", "6", "--resolution", "8",
+    base = ["erase", "--model", str(root), "--concept", "a cat", "--steps", "8", "--resolution", "8",
             "--sampling-steps", "2", "--lr", "1e-3", "--judge-every", "2", "--judge-images", "2"]
     # refused before anything loads: no CLIP model, then a weights file that is not there
     assert main([*base, "--output", str(tmp_path / "x.safetensors")]) == 2
@@ -149,17 +150,17 @@ def test_on_sd_the_judge_is_a_clip_model_with_a_threshold(tmp_path, capsys):
                  "--output", str(tmp_path / "x.safetensors")]) == 2
     assert "--clip-weights" in capsys.readouterr().err
     assert not (tmp_path / "x.safetensors").exists()
-    # a threshold no CLIP score reaches: floor 0 and nothing shown, so it stops at the 2nd check
+    # a threshold no CLIP score reaches: floor 0 and nothing shown, so it stops at the 3rd check
     out = tmp_path / "never.safetensors"
     assert main([*base, "--clip-arch", CLIP_NAME, "--clip-weights", str(clip),
                  "--judge-threshold", "101", "--output", str(out)]) == 0
-    assert "done: 4 steps" in capsys.readouterr().out
+    assert "done: 6 steps" in capsys.readouterr().out
     info = read_metadata(out)["judge_stop"]
-    assert info["floors"] == [0.0] and info["steps_run"] == 4 and info["stopped_early"]
+    assert info["floors"] == [0.0] and info["steps_run"] == 6 and info["stopped_early"]
     # a threshold every score reaches: always shown, so every step runs
     out = tmp_path / "always.safetensors"
     assert main([*base, "--clip-arch", CLIP_NAME, "--clip-weights", str(clip),
                  "--judge-threshold", "0", "--output", str(out)]) == 0
     info = read_metadata(out)["judge_stop"]
-    assert info["floors"] == [1.0] and info["steps_run"] == 6
-    assert [found for _, found in info["checks"]] == [[1.0]] * 3
+    assert info["floors"] == [1.0] and info["steps_run"] == 8
+    assert [found for _, found in info["checks"]] == [[1.0]] * 4

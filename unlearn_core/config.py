@@ -220,8 +220,9 @@ class EraseConfig:
         "then the most it runs (BENCHMARKS.md §5k). Needs a judge.", min=0, ui=dict(max=100_000))
     judge_images: int = _f(8, "Images sampled per concept at each judged check.", min=1,
                            ui=dict(max=1024))
-    judge_patience: int = _f(2, "Judged checks in a row that must call every concept erased "
-                             "before training stops.", min=1, ui=dict(max=1000))
+    judge_patience: int = _f(3, "Judged checks in a row that must call every concept erased "
+                             "before training stops (3 x judge_images fresh images each).", min=1,
+                             ui=dict(max=1000))
     judge_threshold: float = _f(
         25.0, "The CLIP judge's threshold: an image shows the concept at a CLIP score (0-100) "
         "against the concept's name of this or more (the red-team attacks' rule). Not read by "

@@ -26,7 +26,9 @@ over a run every phrasing trained.
 Cost: ``FLOOR_IMAGES`` guided samples once, then ``judge_images`` per concept per check, each a
 ``sampling_steps``-step guided DDIM run (2 UNet evaluations a step), counted in the erasure's
 UNet evaluations. The judge's own cost (a classifier, or a VAE decode and CLIP) is not a UNet
-evaluation and is not counted there.
+evaluation and is not counted there. In a data-parallel run every process samples and judges
+the same images (the noise is keyed on the seed and the check), so all stop at the same step;
+each counts what it spent.
 """
 
 from __future__ import annotations
