@@ -37,7 +37,8 @@ def test_object_info_lists_every_node_with_its_inputs(comfy_server, comfy_host):
     adv = info["UnlearnEraseConceptAdvanced"]["input"]
     assert adv["required"]["lr"][1]["tooltip"].startswith("AdamW learning rate")
     assert set(adv["optional"]) == {"concept_conditioning", "anchor_conditioning",
-                                    "retain_conditioning"}
+                                    "retain_conditioning", "judge_clip", "judge_vae"}
+    assert adv["optional"]["judge_clip"][0] == "UNLEARN_CLIP"  # what CLIP Loader for Scores gives
     assert info["UnlearnSaveLoRA"]["output_node"] is True
 
 
