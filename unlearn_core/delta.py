@@ -164,6 +164,11 @@ class DeltaSet(nn.Module):
         finally:
             self.enabled = prev
 
+    def returned(self, teacher: list[Tensor], result: str) -> contextlib.AbstractContextManager:
+        """The weights the erasure returns, in place inside this block: the EMA ``teacher``
+        swapped in (``result="teacher"``), or the student's as they are (``"student"``)."""
+        return self.swapped(teacher) if result == "teacher" else contextlib.nullcontext()
+
     @contextlib.contextmanager
     def swapped(self, shadow: list[Tensor]) -> Iterator[None]:
         """Put ``shadow`` (same order as ``parameters()``) in place of the trained values."""

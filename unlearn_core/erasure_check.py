@@ -32,7 +32,6 @@ evaluations.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -112,8 +111,7 @@ def predictions(run, state, probes: list[Probe]) -> list[Tensor]:
     """Each probe's predictions under the weights training would return now."""
     deltas = state.deltas
     out = []
-    with (deltas.swapped(state.teacher) if run.config.result == "teacher"
-          else contextlib.nullcontext()):
+    with deltas.returned(state.teacher, run.config.result):
         for p in probes:
             out.append(run.denoiser(p.x, p.t, p.prompt).float())
             state.evals.nograd += p.x.shape[0]

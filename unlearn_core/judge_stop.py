@@ -33,7 +33,6 @@ each counts what it spent.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -82,13 +81,7 @@ def sample(run, state, prompts: Tensor, key: tuple, untouched: bool = False) -> 
     b = prompts.shape[0]
     x_T = torch.randn((b, *shape), generator=keyed_generator(cfg.seed, "judge", *key))
     x_T = x_T.to(cond.empty.device, cond.empty.dtype)
-    if untouched:
-        weights = deltas.disabled()
-    elif cfg.result == "teacher":
-        weights = deltas.swapped(state.teacher)
-    else:
-        weights = contextlib.nullcontext()
-    with weights:
+    with deltas.disabled() if untouched else deltas.returned(state.teacher, cfg.result):
         x0 = ddim_sample(run.denoiser, x_T, prompts, cond.empty.expand(b, -1, -1), cfg.guidance,
                          cfg.sampling_steps)
     state.evals.nograd += (1 if single_pass(cfg.guidance, False) else 2) * b * cfg.sampling_steps
@@ -121,7 +114,7 @@ def erased(rate: float, floor: float) -> bool:
 
 def judged_stop(config, floor: Sequence[float], checks: list[tuple[int, list[float]]]) -> bool:
     """Stop after the last of ``checks``: every concept erased at each of the last
-    ``judge_patience`` checks."""
+    ``judge_patience`` checks (never while there are fewer: so never without judge_every)."""
     last = checks[-config.judge_patience:]
     if len(last) < config.judge_patience:
         return False

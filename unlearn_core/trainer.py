@@ -418,8 +418,8 @@ def train(denoiser: Denoiser, conditioning: Conditioning, config: EraseConfig,
         probes = build_probes(run, state) if config.check_every else None
         if config.judge_every and not state.floors:
             state.floors = floors(run, state, judge)
-        stopping = should_stop(config, state.checks) or (
-            bool(config.judge_every) and judged_stop(config, state.floors, state.judged))
+        stopping = should_stop(config, state.checks) or judged_stop(config, state.floors,
+                                                                    state.judged)
         while state.step < config.steps and not stopping:
             loss = step(run, state)
             found = shares = None
@@ -427,11 +427,11 @@ def train(denoiser: Denoiser, conditioning: Conditioning, config: EraseConfig,
                                        or state.step == config.steps):
                 found = residuals(run, state, probes)
                 state.checks.append((state.step, found))
-                stopping = should_stop(config, state.checks)
             if config.judge_every and state.step % config.judge_every == 0:
                 shares = rates(run, state, judge, len(state.judged))
                 state.judged.append((state.step, shares))
-                stopping = stopping or judged_stop(config, state.floors, state.judged)
+            stopping = should_stop(config, state.checks) or judged_stop(config, state.floors,
+                                                                        state.judged)
             if checkpoint is not None and (stopping or checkpoint.due(state.step, config.steps)):
                 save_checkpoint(checkpoint.path, run, state)
             if callback is not None and callback(StepInfo(
@@ -449,8 +449,7 @@ def current_deltas(run: Run, state: TrainState) -> dict[str, Delta]:
     """The teacher's (or, with result="student", the student's) deltas under canonical names,
     copied to the CPU."""
     deltas = state.deltas
-    with (deltas.swapped(state.teacher) if run.config.result == "teacher"
-          else contextlib.nullcontext()):
+    with deltas.returned(state.teacher, run.config.result):
         exported = deltas.export()
     return {run.denoiser.canonical_name(n): d for n, d in exported.items()}
 
