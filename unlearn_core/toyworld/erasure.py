@@ -77,7 +77,7 @@ def erase_toy(model: ToyModel, config: EraseConfig, callback: Callback | None = 
     Unless the config names its own contexts, each concept is erased inside every caption of the
     toy grammar that names it, towards the caption without any erased concept
     (``phrasings.context_pairs``). A concept the model draws by default (``default_values``) is
-    also pulled towards the captions naming the other values of its kind, and, unless the
+    pulled instead towards the caption naming another value of its kind, and, unless the
     config names its own retain prompts, those captions are held to the base model (with the
     config's ``retain_weight``, or ``TOY_RETAIN_WEIGHT`` where it is 0). ``options`` go to
     ``erase`` (``parallel``, ``checkpoint``, ``judge``); with ``judge_every`` and no judge

@@ -5,9 +5,10 @@ holds, and the phrasings an erasure is measured on.
   caption of the toy model's own grammar (``dataset.PHRASINGS``) that names the concept, the other
   attributes taken over the whole vocabulary. The engine pulls each caption's prediction to its
   anchor's (``Conditioning.contexts``), so the concept is erased where users write it: inside
-  captions, not only alone. With ``other_values``, each caption also anchors on the same caption
-  with the concept replaced by each other value of its kind: for a concept the model draws by
-  default (``erasure.default_values``), whose caption without it still shows it.
+  captions, not only alone. With ``other_values``, each caption anchors instead on the same
+  caption with the concept replaced by one other value of its kind (chosen by the caption, so
+  the values share the captions): for a concept the model draws by default
+  (``erasure.default_values``), whose caption without it still shows it.
 - ``neighbours(concepts)``: the same captions with the concept replaced by each other value of its
   kind (a colour by the other colours, ...), minus any caption naming an erased concept: the
   prompts held to the base model (``retain_prompts``), so erasing "red" does not move "blue".
@@ -21,6 +22,7 @@ concept.
 from __future__ import annotations
 
 import itertools
+import zlib
 from collections.abc import Sequence
 
 from .dataset import PHRASINGS
@@ -91,17 +93,23 @@ def context_pairs(concept: str, phrasings: Sequence[str] = TRAINED_PHRASINGS,
                   ) -> list[tuple[str, str]]:
     """(caption, caption without the concept) for every caption of ``phrasings`` naming it; the
     anchor also leaves out the other ``erased`` concepts the caption names (the target is a
-    caption none of them is in). With ``other_values``, each caption also gets anchors that
-    replace the concept by every other value of its kind ("a red circle" -> "a red square", ...):
-    for a concept the model draws by default, the caption without it still shows it
-    (``erasure.default_values``)."""
+    caption none of them is in). With ``other_values``, each caption's anchor replaces the
+    concept by one other value of its kind instead ("a red circle" -> "a red square"), the value
+    chosen by a hash of the caption so that every value gets a share of the captions: for a
+    concept the model draws by default, the caption without it still shows it
+    (``erasure.default_values``), and pulling one caption to several values at once averaged
+    their predictions and erased more slowly (BENCHMARKS.md §5m). With every other value erased
+    too, the plain anchor."""
     gone = [concept, *erased]
     others = [v for v in AXES[axis_of(concept)] if v not in gone] if other_values else []
     pairs = []
     for phrasing in phrasings:
         for caption in fill(phrasing, concept):
-            pairs.append((caption, without(caption, gone)))
-            pairs += [(caption, without(swapped(caption, concept, v), erased)) for v in others]
+            if others:
+                value = others[zlib.crc32(caption.encode()) % len(others)]
+                pairs.append((caption, without(swapped(caption, concept, value), erased)))
+            else:
+                pairs.append((caption, without(caption, gone)))
     return pairs
 
 

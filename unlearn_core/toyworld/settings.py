@@ -29,8 +29,8 @@ TOY_SETTINGS: dict[str, Any] = dict(
 )
 
 # A concept judged in more than this share of the samples of its own anchors (the captions
-# naming it, with it left out) is one the model draws by default: it is also erased towards the
-# other values of its kind, whose captions are then held to the base model with
+# naming it, with it left out) is one the model draws by default: it is erased towards the
+# other values of its kind instead, whose captions are then held to the base model with
 # TOY_RETAIN_WEIGHT (``toyworld.erasure.default_values``).
 DEFAULT_VALUE_RATE = 0.5
 TOY_RETAIN_WEIGHT = 1.0
