@@ -251,3 +251,30 @@ def test_the_tiny_clip_scorer_is_the_tiny_clip():
     assert torch.equal(tokenizer(texts), scorer.tokenizer(texts))
     images = make_batch(6, seed=7).images
     assert torch.allclose(scorer.preprocess((images + 1) / 2), preprocess(images), atol=1e-6)
+
+
+def test_kept_loss_report_names_what_the_judge_sees_on_each_kept_value():
+    """benchmarks/kept_loss.py's report: per value the set keeps, the judge's classes on the
+    captions carrying it ("none" included) and the lost images spread over the other values."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from kept_loss import kept_report
+
+    from unlearn_core.toyworld.evaluate import split_prompts
+
+    ten = ("square", "triangle", "cross", "red", "green", "blue", "yellow", "solid", "striped",
+           "dotted")
+    labels = split_prompts(ten, 1)[0].labels()
+    pred = {axis: value.clone() for axis, value in labels.items()}
+    circles = (labels["shape"] == SHAPES.index("circle")).nonzero().flatten()
+    yellow = [int(i) for i in circles if int(labels["colour"][i]) == COLOURS.index("yellow")]
+    pred["shape"][yellow[0]] = JUDGE_CLASSES["shape"].index(NONE)
+    pred["shape"][yellow[1]] = SHAPES.index("square")
+    (line,) = kept_report(pred, labels, ten)  # circle is the one value the ten keep
+    assert line.startswith(f"  kept 'circle': {len(circles)} images")
+    assert f"'circle': {len(circles) - 2}" in line and f"'{NONE}': 1" in line and "'square': 1" in line
+    assert "lost 2" in line and "colour {'yellow': 2}" in line
+    # a single erased colour keeps every shape and texture: a line each
+    assert len(kept_report(labels, labels, ("red",))) == len(SHAPES) + len(TEXTURES) + len(COLOURS) - 1
