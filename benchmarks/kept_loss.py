@@ -29,16 +29,11 @@ import torch  # noqa: E402
 from benchmarks.concepts import parse_overrides  # noqa: E402
 
 
-def class_name(axis: str, index: int) -> str:
-    from unlearn_core.toyworld.judges import JUDGE_CLASSES
-
-    return JUDGE_CLASSES[axis][index]
-
-
 def kept_report(pred: dict, labels: dict, concepts: tuple[str, ...]) -> list[str]:
     """Lines: per kept value, what the judge names on its captions and the lost images' other
     values."""
     from unlearn_core.toyworld.evaluate import concept_axis
+    from unlearn_core.toyworld.judges import JUDGE_CLASSES
     from unlearn_core.toyworld.settings import AXES
 
     erased = {concept_axis(c) for c in concepts}
@@ -50,7 +45,7 @@ def kept_report(pred: dict, labels: dict, concepts: tuple[str, ...]) -> list[str
             mask = labels[axis] == index
             if not mask.any():
                 continue
-            named = collections.Counter(class_name(axis, int(i)) for i in pred[axis][mask])
+            named = collections.Counter(JUDGE_CLASSES[axis][int(i)] for i in pred[axis][mask])
             lost = mask & (pred[axis] != index)
             spread = {other: dict(collections.Counter(AXES[other][int(i)] for i in labels[other][lost]))
                       for other in AXES if other != axis}
@@ -59,17 +54,20 @@ def kept_report(pred: dict, labels: dict, concepts: tuple[str, ...]) -> list[str
     return lines
 
 
-def grid(model, result, captions: list[str], n: int, path: Path) -> None:
+def grid_prompts(captions: list[str], n: int) -> tuple[list[str], list[int]]:
+    """Each caption ``n`` times, with the grid's noise seeds."""
+    return [c for c in captions for _ in range(n)], [7000 + i for _ in captions for i in range(n)]
+
+
+def grid(model, result, captions: list[str], n: int, base: torch.Tensor, path: Path) -> None:
+    """``base``: the untouched model's images of ``grid_prompts`` (the same for every seed)."""
     from torchvision.utils import save_image
 
     from unlearn_core.toyworld.erasure import toy_denoiser
     from unlearn_core.toyworld.generation import generate
 
-    prompts = [c for c in captions for _ in range(n)]
-    seeds = [7000 + i for _ in captions for i in range(n)]
-    base = generate(model, prompts, seeds)
     with result.applied(toy_denoiser(model)):
-        erased = generate(model, prompts, seeds)
+        erased = generate(model, *grid_prompts(captions, n))
     rows = torch.stack([base.view(len(captions), n, 3, 16, 16),
                         erased.view(len(captions), n, 3, 16, 16)], 1).reshape(-1, 3, 16, 16)
     rows = torch.nn.functional.interpolate(rows, scale_factor=4, mode="nearest")  # 64 px a tile
@@ -92,6 +90,7 @@ def main() -> None:
     from unlearn_core.toyworld import load_judges, load_toy_model
     from unlearn_core.toyworld.erasure import erase_toy, toy_config
     from unlearn_core.toyworld.evaluate import evaluation_images, split_prompts
+    from unlearn_core.toyworld.generation import generate
     from unlearn_core.toyworld.judges import judge
 
     concepts = tuple(c.strip() for c in args.concepts.split(",") if c.strip())
@@ -104,6 +103,7 @@ def main() -> None:
     print(f"untouched, {','.join(concepts)}:")
     base = judge(evaluation_images(model, concepts, "erased", None, repeats=args.repeats), judges)
     print("\n".join(kept_report(base, labels, concepts)), flush=True)
+    base_grid = generate(model, *grid_prompts(captions, 12)) if args.grid else None
     for seed in (int(s) for s in args.seeds.split(",")):
         result = erase_toy(model, toy_config(concepts, seed=seed, **overrides))
         pred = judge(evaluation_images(model, concepts, "erased", result, repeats=args.repeats),
@@ -111,7 +111,7 @@ def main() -> None:
         print(f"seed {seed}:")
         print("\n".join(kept_report(pred, labels, concepts)), flush=True)
         if args.grid:
-            grid(model, result, captions, 12, args.grid / f"kept-{seed}.png")
+            grid(model, result, captions, 12, base_grid, args.grid / f"kept-{seed}.png")
 
 
 if __name__ == "__main__":
