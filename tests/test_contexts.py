@@ -218,6 +218,37 @@ def test_toy_neighbours_leave_out_every_erased_concept():
         assert not set(p.replace(",", " ").split()) & set(erased)
 
 
+def test_toy_neighbours_of_a_default_value_in_a_set_hold_no_concept_of_the_set():
+    """Yellow, a default value, erased with every other colour: its neighbours would name the other
+    colours, and held to the base model they held those concepts too (a nine-concept set erased
+    next to nothing, BENCHMARKS.md §5p). With the set left out there is no neighbour at all."""
+    nine = ["square", "triangle", "cross", "red", "green", "blue", "yellow", "solid", "striped"]
+    assert any(set(p.replace(",", " ").split()) & set(nine) for p in neighbours(["yellow"]))
+    assert neighbours(["yellow"], erased=nine) == ()
+    three = ["yellow", "square", "striped"]
+    held = neighbours(["yellow"], erased=three)
+    assert held and not any(set(p.replace(",", " ").split()) & set(three) for p in held)
+    assert set(held) < set(neighbours(["yellow"]))
+
+
+def test_toy_erasure_in_a_set_holds_no_caption_of_an_erased_concept():
+    from unlearn_core.toyworld import load_toy_model
+    from unlearn_core.toyworld.erasure import default_values, erase_toy, toy_config
+
+    model = load_toy_model()
+    nine = ["square", "triangle", "cross", "red", "green", "blue", "yellow", "solid", "striped"]
+    assert default_values(model, nine) == ("yellow",)  # the flagged default with no colour left
+    config = erase_toy(model, toy_config(nine, seed=0, steps=1, sampling_steps=2)
+                       ).metadata["config"]
+    assert config["retain_prompts"] == [] and config["retain_weight"] == 0.0
+    pair = ["circle", "red"]  # circle is a default value; its neighbours must not name red
+    config = erase_toy(model, toy_config(pair, seed=0, steps=1, sampling_steps=2)
+                       ).metadata["config"]
+    assert config["retain_prompts"] and config["retain_weight"] == 1.0
+    assert not any({"circle", "red"} & set(p.replace(",", " ").split())
+                   for p in config["retain_prompts"])
+
+
 def test_toy_eval_phrasings_hold_out_orders_and_the_longest_captions():
     assert set(TRAINED_PHRASINGS).isdisjoint(HELD_OUT_PHRASINGS)
     assert set(EVAL_PHRASINGS) == set(TRAINED_PHRASINGS) | set(HELD_OUT_PHRASINGS)

@@ -79,15 +79,17 @@ def erase_toy(model: ToyModel, config: EraseConfig, callback: Callback | None = 
     (``phrasings.context_pairs``). A concept the model draws by default (``default_values``) is
     pulled instead towards the caption naming another value of its kind, and, unless the
     config names its own retain prompts, those captions are held to the base model (with the
-    config's ``retain_weight``, or ``TOY_RETAIN_WEIGHT`` where it is 0). ``options`` go to
+    config's ``retain_weight``, or ``TOY_RETAIN_WEIGHT`` where it is 0) -- those naming no
+    concept of the run; with none left, no retain term. ``options`` go to
     ``erase`` (``parallel``, ``checkpoint``, ``judge``); with ``judge_every`` and no judge
     given, the toy world's own judges (``toy_judge``) stop the training."""
     from .phrasings import context_pairs, neighbours
 
     defaults = (default_values(model, config.concepts)
                 if config.method == "train" and not config.contexts else ())
-    if defaults and not config.retain_prompts:
-        config = config.replace(retain_prompts=neighbours(defaults),
+    held = neighbours(defaults, erased=config.concepts) if not config.retain_prompts else ()
+    if held:
+        config = config.replace(retain_prompts=held,
                                 retain_weight=config.retain_weight or TOY_RETAIN_WEIGHT)
     cond = encode_conditioning(
         model.encode, config, last_token_fn(model),

@@ -113,16 +113,19 @@ def context_pairs(concept: str, phrasings: Sequence[str] = TRAINED_PHRASINGS,
     return pairs
 
 
-def neighbours(concepts: Sequence[str], phrasings: Sequence[str] = TRAINED_PHRASINGS
-               ) -> tuple[str, ...]:
+def neighbours(concepts: Sequence[str], phrasings: Sequence[str] = TRAINED_PHRASINGS,
+               erased: Sequence[str] = ()) -> tuple[str, ...]:
     """Captions of the concepts' contexts with each concept replaced by another value of its kind,
-    without any caption that names an erased concept."""
+    without any caption that names one of ``concepts`` or of ``erased`` (the other concepts of the
+    same run: a caption naming one of them, held to the base model, would hold that concept
+    too -- BENCHMARKS.md §5p). Empty when every other value of their kinds is erased."""
+    gone = {*concepts, *erased}
     out: set[str] = set()
     for concept in concepts:
         for caption, _ in context_pairs(concept, phrasings):
             for value in AXES[axis_of(concept)]:
                 other = swapped(caption, concept, value)
-                if value != concept and not set(_words(other)) & set(concepts):
+                if value != concept and not set(_words(other)) & gone:
                     out.add(other)
     return tuple(sorted(out))
 
