@@ -160,12 +160,12 @@ def test_each_phrasing_is_judged_on_at_least_min_images():
     assert all(0.0 <= v <= 1.0 for v in out["phrasing"].values())
 
 
-def test_toy_contexts_with_other_values_anchor_each_caption_on_one_other_value_of_the_kind():
+def test_toy_contexts_of_a_default_value_anchor_each_caption_on_one_other_value_of_the_kind():
     """For a default value, each caption anchors on one other value of its kind (chosen by the
     caption, spread over the values) instead of on itself without the concept, which still
     shows it; no anchor names an erased concept."""
     plain = context_pairs("circle", erased=("circle", "square"))
-    pairs = context_pairs("circle", erased=("circle", "square"), other_values=True)
+    pairs = context_pairs("circle", erased=("circle", "square"), defaults=("circle",))
     assert [c for c, _ in pairs] == [c for c, _ in plain]  # one anchor per caption, same order
     assert ("a red circle", "a red") in plain and ("a red circle", "a red") not in pairs
     chosen = []
@@ -178,11 +178,29 @@ def test_toy_contexts_with_other_values_anchor_each_caption_on_one_other_value_o
         assert anchor == caption.replace("circle", shape)
         chosen.append(shape)
     assert chosen.count("triangle") >= len(chosen) // 4 and chosen.count("cross") >= len(chosen) // 4
-    assert pairs == context_pairs("circle", erased=("circle", "square"), other_values=True)
+    assert pairs == context_pairs("circle", erased=("circle", "square"), defaults=("circle",))
     # with every other value of the kind erased there is nothing else to aim at: the plain anchor
     everything = ("circle", "square", "triangle", "cross")
-    assert context_pairs("circle", erased=everything, other_values=True) == context_pairs(
+    assert context_pairs("circle", erased=everything, defaults=("circle",)) == context_pairs(
         "circle", erased=everything)
+
+
+def test_toy_contexts_of_another_concept_swap_a_default_value_of_the_run_too():
+    """Circle (a default value) erased beside red: red's captions that name the circle used to
+    anchor on the caption without both ("a red circle" -> "a"), which still draws a circle and
+    pulled the circle's own erasure back. Now every pair of the run treats a default value the
+    same way, so a caption shared by two concepts gets one anchor."""
+    run = ("circle", "red")
+    red = dict(context_pairs("red", erased=run, defaults=("circle",)))
+    circle = dict(context_pairs("circle", erased=run, defaults=("circle",)))
+    shared = [c for c in red if "circle" in c.replace(",", " ").split()]
+    assert shared and all(red[c] == circle[c] for c in shared)
+    for caption in shared:
+        words = set(red[caption].replace(",", " ").split())
+        assert not words & set(run) and len(words & {"square", "triangle", "cross"}) == 1
+    # captions without the default value are anchored as before: the erased words left out
+    assert red["a red square"] == "a square"
+    assert dict(context_pairs("red", erased=run))["a red circle"] == "a"
 
 
 def test_default_values_are_what_the_model_draws_without_being_asked():
@@ -204,7 +222,7 @@ def test_toy_erasure_of_a_default_value_anchors_on_the_other_values_and_holds_th
     config = result.metadata["config"]
     assert tuple(config["retain_prompts"]) == neighbours(["circle"])
     assert config["retain_weight"] == 1.0
-    assert result.metadata["context_prompts"] == len(context_pairs("circle", other_values=True))
+    assert result.metadata["context_prompts"] == len(context_pairs("circle", defaults=("circle",)))
     mine = erase_toy(model, toy_config(["circle"], seed=0, steps=2, sampling_steps=2,
                                        retain_prompts=("a blue square",), retain_weight=0.5))
     assert mine.metadata["config"]["retain_prompts"] == ["a blue square"]  # the user's own stay
@@ -244,9 +262,15 @@ def test_toy_erasure_in_a_set_holds_no_caption_of_an_erased_concept():
     pair = ["circle", "red"]  # circle is a default value; its neighbours must not name red
     config = erase_toy(model, toy_config(pair, seed=0, steps=1, sampling_steps=2)
                        ).metadata["config"]
-    assert config["retain_prompts"] and config["retain_weight"] == 1.0
+    assert config["retain_prompts"] and config["retain_weight"] == 1.0 / 2
     assert not any({"circle", "red"} & set(p.replace(",", " ").split())
                    for p in config["retain_prompts"])
+    # the retain term runs every step, the circle's trajectories are one in two: held at half
+    # the weight, the circle is held as hard per trajectory of its own as when erased alone;
+    # the user's own weight stays
+    mine = erase_toy(model, toy_config(pair, seed=0, steps=1, sampling_steps=2, retain_weight=2.0,
+                                       retain_prompts=("a blue square",))).metadata["config"]
+    assert mine["retain_weight"] == 2.0 and mine["retain_prompts"] == ["a blue square"]
 
 
 def test_toy_eval_phrasings_hold_out_orders_and_the_longest_captions():

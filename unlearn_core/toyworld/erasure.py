@@ -76,11 +76,14 @@ def erase_toy(model: ToyModel, config: EraseConfig, callback: Callback | None = 
 
     Unless the config names its own contexts, each concept is erased inside every caption of the
     toy grammar that names it, towards the caption without any erased concept
-    (``phrasings.context_pairs``). A concept the model draws by default (``default_values``) is
-    pulled instead towards the caption naming another value of its kind, and, unless the
-    config names its own retain prompts, those captions are held to the base model (with the
-    config's ``retain_weight``, or ``TOY_RETAIN_WEIGHT`` where it is 0) -- those naming no
-    concept of the run; with none left, no retain term. ``options`` go to
+    (``phrasings.context_pairs``). Where a caption names a concept of the run the model draws by
+    default (``default_values``), the anchor names another value of its kind in its place --
+    in that concept's own pairs and in those of every other concept of the run (left out, its
+    caption would still show it). Unless the config names its own retain prompts, the captions
+    with another value of such a concept's kind in its place that name no concept of the run
+    are held to the base model (with the config's ``retain_weight``, or where it is 0
+    ``TOY_RETAIN_WEIGHT`` times the share of the run's concepts whose neighbours are held);
+    with none left, no retain term. ``options`` go to
     ``erase`` (``parallel``, ``checkpoint``, ``judge``); with ``judge_every`` and no judge
     given, the toy world's own judges (``toy_judge``) stop the training."""
     from .phrasings import context_pairs, neighbours
@@ -89,12 +92,17 @@ def erase_toy(model: ToyModel, config: EraseConfig, callback: Callback | None = 
                 if config.method == "train" and not config.contexts else ())
     held = neighbours(defaults, erased=config.concepts) if not config.retain_prompts else ()
     if held:
+        # the retain term runs at every step, the concepts take the trajectories in turn: scaled
+        # by the share of the run's concepts whose neighbours it holds, each of them is held as
+        # hard per trajectory of its own as when it is erased alone (BENCHMARKS.md §5q)
+        holding = sum(1 for d in defaults if neighbours([d], erased=config.concepts))
+        weight = TOY_RETAIN_WEIGHT * holding / len(config.concepts)
         config = config.replace(retain_prompts=held,
-                                retain_weight=config.retain_weight or TOY_RETAIN_WEIGHT)
+                                retain_weight=config.retain_weight or weight)
     cond = encode_conditioning(
         model.encode, config, last_token_fn(model),
         context_pairs=lambda concept: context_pairs(concept, erased=config.concepts,
-                                                    other_values=concept in defaults))
+                                                    defaults=defaults))
     if config.judge_every and options.get("judge") is None:
         options["judge"] = toy_judge(config.concepts)
     return erase(toy_denoiser(model), cond, config, callback, **options)

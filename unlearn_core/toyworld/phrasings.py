@@ -5,10 +5,10 @@ holds, and the phrasings an erasure is measured on.
   caption of the toy model's own grammar (``dataset.PHRASINGS``) that names the concept, the other
   attributes taken over the whole vocabulary. The engine pulls each caption's prediction to its
   anchor's (``Conditioning.contexts``), so the concept is erased where users write it: inside
-  captions, not only alone. With ``other_values``, each caption anchors instead on the same
-  caption with the concept replaced by one other value of its kind (chosen by the caption, so
-  the values share the captions): for a concept the model draws by default
-  (``erasure.default_values``), whose caption without it still shows it.
+  captions, not only alone. A concept the model draws by default (``erasure.default_values``)
+  still shows in a caption without it, so wherever such a concept of the run is in a caption,
+  the anchor names one other value of its kind in its place (chosen by the caption, so the
+  values share the captions).
 - ``neighbours(concepts)``: the same captions with the concept replaced by each other value of its
   kind (a colour by the other colours, ...), minus any caption naming an erased concept: the
   prompts held to the base model (``retain_prompts``), so erasing "red" does not move "blue".
@@ -88,29 +88,39 @@ def swapped(caption: str, concept: str, value: str) -> str:
     return tidy(" ".join(value if w == concept else w for w in _words(caption)))
 
 
-def context_pairs(concept: str, phrasings: Sequence[str] = TRAINED_PHRASINGS,
-                  erased: Sequence[str] = (), other_values: bool = False
-                  ) -> list[tuple[str, str]]:
-    """(caption, caption without the concept) for every caption of ``phrasings`` naming it; the
-    anchor also leaves out the other ``erased`` concepts the caption names (the target is a
-    caption none of them is in). With ``other_values``, each caption's anchor replaces the
-    concept by one other value of its kind instead ("a red circle" -> "a red square"), the value
-    chosen by a hash of the caption so that every value gets a share of the captions: for a
-    concept the model draws by default, the caption without it still shows it
-    (``erasure.default_values``), and pulling one caption to several values at once averaged
-    their predictions and erased more slowly (BENCHMARKS.md §5m). With every other value erased
-    too, the plain anchor."""
-    gone = [concept, *erased]
-    others = [v for v in AXES[axis_of(concept)] if v not in gone] if other_values else []
-    pairs = []
-    for phrasing in phrasings:
-        for caption in fill(phrasing, concept):
+def anchor(caption: str, erased: Sequence[str], defaults: Sequence[str] = ()) -> str:
+    """``caption`` with no ``erased`` concept in it: each is left out, except one the model draws
+    by default (``defaults``, ``erasure.default_values``), which a caption without it still
+    shows -- that one is replaced by another value of its kind that is not erased, chosen by a
+    hash of the caption so that the values share the captions ("a red circle" -> "a red square"
+    for circle, "a square" for circle and red erased together). Left out too where every other
+    value of its kind is erased."""
+    gone = {*erased, *defaults}
+    words = []
+    for word in _words(caption):
+        if word in defaults:
+            others = [v for v in AXES[axis_of(word)] if v not in gone]
             if others:
-                value = others[zlib.crc32(caption.encode()) % len(others)]
-                pairs.append((caption, without(swapped(caption, concept, value), erased)))
-            else:
-                pairs.append((caption, without(caption, gone)))
-    return pairs
+                words.append(others[zlib.crc32(caption.encode()) % len(others)])
+                continue
+        if word not in gone:
+            words.append(word)
+    return tidy(" ".join(words))
+
+
+def context_pairs(concept: str, phrasings: Sequence[str] = TRAINED_PHRASINGS,
+                  erased: Sequence[str] = (), defaults: Sequence[str] = ()
+                  ) -> list[tuple[str, str]]:
+    """(caption, its ``anchor``) for every caption of ``phrasings`` naming ``concept``: the
+    anchor leaves out the concept and the other ``erased`` concepts the caption names (the target
+    is a caption none of them is in). Where one of them is in ``defaults`` -- the concept itself,
+    or another concept of the run the caption names -- the anchor names another value of its
+    kind in its place: pulling one caption to several values at once averaged their predictions
+    and erased more slowly (BENCHMARKS.md §5m), and leaving a default value out keeps it in the
+    target (§5q)."""
+    gone = (concept, *erased)
+    return [(caption, anchor(caption, gone, defaults))
+            for phrasing in phrasings for caption in fill(phrasing, concept)]
 
 
 def neighbours(concepts: Sequence[str], phrasings: Sequence[str] = TRAINED_PHRASINGS,
@@ -122,7 +132,7 @@ def neighbours(concepts: Sequence[str], phrasings: Sequence[str] = TRAINED_PHRAS
     gone = {*concepts, *erased}
     out: set[str] = set()
     for concept in concepts:
-        for caption, _ in context_pairs(concept, phrasings):
+        for caption in (c for p in phrasings for c in fill(p, concept)):
             for value in AXES[axis_of(concept)]:
                 other = swapped(caption, concept, value)
                 if value != concept and not set(_words(other)) & gone:
