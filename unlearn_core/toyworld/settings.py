@@ -31,7 +31,7 @@ TOY_SETTINGS: dict[str, Any] = dict(
 # A concept judged in more than this share of the samples of its own anchors (the captions
 # naming it, with it left out) is one the model draws by default: it is erased towards the
 # other values of its kind instead, whose captions are then held to the base model with
-# TOY_RETAIN_WEIGHT (``toyworld.erasure.default_values``).
+# TOY_RETAIN_WEIGHT times the share of the run's concepts they hold (``toyworld.erasure``).
 DEFAULT_VALUE_RATE = 0.5
 TOY_RETAIN_WEIGHT = 1.0
 
