@@ -79,10 +79,6 @@ def _words(text: str) -> list[str]:
     return text.replace(",", " , ").split()
 
 
-def without(caption: str, concepts: Sequence[str]) -> str:
-    return tidy(" ".join(w for w in _words(caption) if w not in concepts))
-
-
 def swapped(caption: str, concept: str, value: str) -> str:
     """``caption`` with the word ``concept`` replaced by ``value``."""
     return tidy(" ".join(value if w == concept else w for w in _words(caption)))
