@@ -90,13 +90,15 @@ def erase_toy(model: ToyModel, config: EraseConfig, callback: Callback | None = 
 
     defaults = (default_values(model, config.concepts)
                 if config.method == "train" and not config.contexts else ())
-    held = neighbours(defaults, erased=config.concepts) if not config.retain_prompts else ()
+    # each default value's neighbours, once: their union is held, their count sets the weight
+    own = [neighbours([d], erased=config.concepts) for d in defaults
+           ] if not config.retain_prompts else []
+    held = tuple(sorted(set().union(*own)))
     if held:
         # the retain term runs at every step, the concepts take the trajectories in turn: scaled
         # by the share of the run's concepts whose neighbours it holds, each of them is held as
         # hard per trajectory of its own as when it is erased alone (BENCHMARKS.md §5q)
-        holding = sum(1 for d in defaults if neighbours([d], erased=config.concepts))
-        weight = TOY_RETAIN_WEIGHT * holding / len(config.concepts)
+        weight = TOY_RETAIN_WEIGHT * sum(1 for n in own if n) / len(config.concepts)
         config = config.replace(retain_prompts=held,
                                 retain_weight=config.retain_weight or weight)
     cond = encode_conditioning(

@@ -75,6 +75,11 @@ def fill(phrasing: str, concept: str) -> list[str]:
     return out
 
 
+def captions(concept: str, phrasings: Sequence[str] = TRAINED_PHRASINGS) -> list[str]:
+    """Every caption of ``phrasings`` that names ``concept``, phrasing by phrasing."""
+    return [caption for phrasing in phrasings for caption in fill(phrasing, concept)]
+
+
 def _words(text: str) -> list[str]:
     return text.replace(",", " , ").split()
 
@@ -115,8 +120,7 @@ def context_pairs(concept: str, phrasings: Sequence[str] = TRAINED_PHRASINGS,
     and erased more slowly (BENCHMARKS.md §5m), and leaving a default value out keeps it in the
     target (§5q)."""
     gone = (concept, *erased)
-    return [(caption, anchor(caption, gone, defaults))
-            for phrasing in phrasings for caption in fill(phrasing, concept)]
+    return [(caption, anchor(caption, gone, defaults)) for caption in captions(concept, phrasings)]
 
 
 def neighbours(concepts: Sequence[str], phrasings: Sequence[str] = TRAINED_PHRASINGS,
@@ -128,7 +132,7 @@ def neighbours(concepts: Sequence[str], phrasings: Sequence[str] = TRAINED_PHRAS
     gone = {*concepts, *erased}
     out: set[str] = set()
     for concept in concepts:
-        for caption in (c for p in phrasings for c in fill(p, concept)):
+        for caption in captions(concept, phrasings):
             for value in AXES[axis_of(concept)]:
                 other = swapped(caption, concept, value)
                 if value != concept and not set(_words(other)) & gone:
