@@ -80,29 +80,6 @@ def test_several_concepts_taken_in_turn_and_retain_term():
     assert res.metadata["unet_evals_grad"] == 3 * 2 * (1 + 1)
 
 
-def test_turns_give_a_concept_more_of_the_trajectories():
-    """turns (2, 1): the first concept trains two trajectories of every three, interleaved; a
-    wrong count or a zero is refused, naming the input, before any step."""
-    import dataclasses
-
-    from unlearn_core.errors import ConfigError
-    from unlearn_core.trainer import choose_pair, prepare, turn_order
-
-    assert turn_order((2, 1, 1)) == [0, 1, 2, 0] and turn_order((1, 1)) == [0, 1]
-    cfg = EraseConfig(concepts=("a", "b"), steps=12, trajectory_reuse=2, **FAST)
-    cond = dataclasses.replace(tiny_conditioning(n_concepts=2), turns=(2, 1))
-    run, _ = prepare(tiny_denoiser(), cond, cfg)
-    trained = [choose_pair(run, n).concept for n in range(0, 12, 2)]  # one per trajectory
-    assert trained == [0, 1, 0, 0, 1, 0]
-    even, _ = prepare(tiny_denoiser(), tiny_conditioning(n_concepts=2), cfg)
-    assert [choose_pair(even, n).concept for n in range(0, 12, 2)] == [0, 1] * 3
-    res = erase(tiny_denoiser(), cond, cfg.replace(steps=2))
-    assert res.metadata["turns"] == [2, 1]
-    for turns in [(2,), (1, 0), (1.5, 1)]:
-        with pytest.raises(ConfigError, match="turns"):
-            erase(tiny_denoiser(), dataclasses.replace(cond, turns=turns), cfg)
-
-
 def test_retain_term_holds_the_retain_prompt_to_the_base_model():
     """With the term on, the retain prompt's prediction stays nearer the base model's than
     without it, while the concept is still trained."""

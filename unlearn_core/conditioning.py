@@ -24,8 +24,6 @@ class Conditioning:
     ``contexts``: per concept, (prompt, anchor) pairs: the concept inside a longer prompt, and
     the same prompt without it; the prompt's prediction is pulled to the anchor's (the bare
     concept's anchor is ``empty``). Empty lists, or none given: the bare concept only.
-    ``turns``: per concept, how many of each round of trajectories it takes (a concept that needs
-    more of the run's trajectories than the others gets more); empty: one each.
     """
 
     concepts: list[Tensor]
@@ -39,16 +37,10 @@ class Conditioning:
     concept_last_token: list[int] | None = None
     retain_last_token: list[int] | None = None
     guide_last_token: int = 0
-    turns: tuple[int, ...] = ()
 
     def check(self, context_dim: int | None = None) -> None:
         if not self.concepts:
             raise ConfigError("concepts", [], "no concept embedding given", "give one or more")
-        if self.turns and (len(self.turns) != len(self.concepts)
-                           or any(not isinstance(n, int) or n < 1 for n in self.turns)):
-            raise ConfigError("turns", self.turns, f"one whole number >= 1 per concept is "
-                              f"needed, for {len(self.concepts)} concepts",
-                              "give each concept its number of turns, or none for one each")
         extra = [("trajectory", self.trajectory), ("uce_guide", self.guide)]
         for name, emb in [("empty", self.empty)] + [("concepts", c) for c in self.concepts] + [
             ("retain_prompts", r) for r in self.retain
@@ -83,7 +75,6 @@ class Conditioning:
             contexts=[[(mv(p), mv(a)) for p, a in pairs] for pairs in self.contexts],
             concept_last_token=self.concept_last_token,
             retain_last_token=self.retain_last_token, guide_last_token=self.guide_last_token,
-            turns=self.turns,
         )
 
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -142,7 +142,6 @@ class Run:
     # per concept, the (prompt, anchor) pairs it trains: the bare concept with the empty prompt
     # (SDD), then each context with the same prompt without the concept
     tasks: list[list[tuple[Tensor, Tensor]]]
-    order: list[int]  # one round of the trajectories: the concept each trains (turn_order)
     held: list[Tensor]  # retain prompts (empty when retain_weight is 0)
     loss: StepLoss
     loss_generator: torch.Generator  # re-seeded every step: the sliced Cramér-Wold directions
@@ -219,7 +218,6 @@ def prepare(denoiser: Denoiser, conditioning: Conditioning, config: EraseConfig,
     tasks = [[(c, cond.empty)] + (list(cond.contexts[i]) if i < len(cond.contexts) else [])
              for i, c in enumerate(cond.concepts)]
     run = Run(denoiser=denoiser, config=config, cond=cond, tasks=tasks,
-              order=turn_order(cond.turns or (1,) * len(tasks)),
               held=list(cond.retain) if config.retain_weight > 0 else [],
               loss=build_loss(config, loss_generator := torch.Generator()),
               loss_generator=loss_generator,
@@ -227,19 +225,6 @@ def prepare(denoiser: Denoiser, conditioning: Conditioning, config: EraseConfig,
               robust=robust, kept_target=kept, layers=layers,
               base_hash=weights_hash(module, layers), parallel=parallel, share=share)
     return run, state
-
-
-def turn_order(turns: Sequence[int]) -> list[int]:
-    """One round of the trajectories: concept i appears ``turns[i]`` times, the concepts
-    interleaved (turns (2, 1, 1) -> [0, 1, 2, 0]), so a concept's trajectories spread over the run
-    and a stop at any step has seen each concept in proportion."""
-    left, order = list(turns), []
-    while any(left):
-        for i, n in enumerate(left):
-            if n:
-                order.append(i)
-                left[i] -= 1
-    return order
 
 
 @dataclass
@@ -266,11 +251,11 @@ def choose_pair(run: Run, n: int, g: int = 0) -> Group:
     draw, trajectory = n * per_step + g, (n // cfg.trajectory_reuse) * per_step + g
     if cfg.trajectory_from == "joint":
         # SDD: one joint trajectory prompt; the concepts are taken in turn, group by group
-        i = run.order[draw % len(run.order)]
+        i = draw % len(run.cond.concepts)
         return Group(g, draw, trajectory, run.cond.concepts[i], run.cond.empty, i)
-    # each trajectory from the prompt it trains, the concepts in turn (``run.order``); the pair
-    # (the bare concept or one of its contexts) drawn at random, once per trajectory
-    i = run.order[trajectory % len(run.order)]
+    # each trajectory from the prompt it trains, the concepts in turn; the pair (the bare concept
+    # or one of its contexts) drawn at random, once per trajectory
+    i = trajectory % len(run.tasks)
     pairs = run.tasks[i]
     j = int(torch.randint(len(pairs), (), generator=keyed_generator(cfg.seed, "pair", trajectory)))
     return Group(g, draw, trajectory, pairs[j][0], pairs[j][1], i)
@@ -488,7 +473,6 @@ def export(run: Run, state: TrainState, seconds: float) -> EraseResult:
            if run.parallel.active else {}),
         "layers": len(canonical),
         "context_prompts": sum(len(pairs) - 1 for pairs in run.tasks),
-        **({"turns": list(run.cond.turns)} if run.cond.turns else {}),
         "trained_parameters": sum(p.numel() for p in deltas.parameters()),
         **(run.robust.metadata() if run.robust is not None else {}),
         **({"erasure_check": {

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -12,7 +11,7 @@ from ..denoiser import DiffusersDenoiser
 from ..result import EraseResult
 from ..trainer import Callback, erase
 from .model import ToyModel
-from .settings import DEFAULT_VALUE_RATE, DEFAULT_VALUE_TURNS, TOY_RETAIN_WEIGHT, TOY_SETTINGS
+from .settings import DEFAULT_VALUE_RATE, TOY_RETAIN_WEIGHT, TOY_SETTINGS
 
 
 def toy_config(concepts: Sequence[str], **overrides: Any) -> EraseConfig:
@@ -83,37 +82,29 @@ def erase_toy(model: ToyModel, config: EraseConfig, callback: Callback | None = 
     caption would still show it). Unless the config names its own retain prompts, the captions
     with another value of such a concept's kind in its place that name no concept of the run
     are held to the base model (with the config's ``retain_weight``, or where it is 0
-    ``TOY_RETAIN_WEIGHT`` times the share of the run's concepts whose neighbours are held); with
-    none left, no retain term. Beside other concepts, a concept erased towards such neighbours
-    takes ``DEFAULT_VALUE_TURNS`` turns of each round of trajectories to the others' one: it
-    needs about as many as when it is erased alone. ``options`` go to
+    ``TOY_RETAIN_WEIGHT`` times the share of the run's concepts whose neighbours are held);
+    with none left, no retain term. ``options`` go to
     ``erase`` (``parallel``, ``checkpoint``, ``judge``); with ``judge_every`` and no judge
     given, the toy world's own judges (``toy_judge``) stop the training."""
     from .phrasings import context_pairs, neighbours
 
     defaults = (default_values(model, config.concepts)
                 if config.method == "train" and not config.contexts else ())
-    # each default value's neighbours, once: their union is held; a default value with
-    # neighbours is erased towards them and takes DEFAULT_VALUE_TURNS turns per round
-    own = {d: neighbours([d], erased=config.concepts) for d in defaults}
-    held = tuple(sorted(set().union(*own.values()))) if not config.retain_prompts else ()
-    turns = tuple(DEFAULT_VALUE_TURNS if own.get(c) else 1 for c in config.concepts)
+    # each default value's neighbours, once: their union is held, their count sets the weight
+    own = [neighbours([d], erased=config.concepts) for d in defaults
+           ] if not config.retain_prompts else []
+    held = tuple(sorted(set().union(*own)))
     if held:
-        # the retain term runs at every step, the concepts take the trajectories in turn: at
-        # weight 1 a set held a default value harder per trajectory of its own than alone, and
-        # it stayed; scaled by the share of the run's concepts it holds (1/2 for circle beside
-        # red, which with its two turns trains 2/3 of the trajectories), it goes (BENCHMARKS.md
-        # §5q; weighted by its share of the trajectories, 2/3, it stayed in one seed of five: §5r)
-        weight = TOY_RETAIN_WEIGHT * sum(1 for c in config.concepts if own.get(c)
-                                         ) / len(config.concepts)
+        # the retain term runs at every step, the concepts take the trajectories in turn: scaled
+        # by the share of the run's concepts whose neighbours it holds, each of them is held as
+        # hard per trajectory of its own as when it is erased alone (BENCHMARKS.md §5q)
+        weight = TOY_RETAIN_WEIGHT * sum(1 for n in own if n) / len(config.concepts)
         config = config.replace(retain_prompts=held,
                                 retain_weight=config.retain_weight or weight)
     cond = encode_conditioning(
         model.encode, config, last_token_fn(model),
         context_pairs=lambda concept: context_pairs(concept, erased=config.concepts,
                                                     defaults=defaults))
-    if len(set(turns)) > 1:
-        cond = dataclasses.replace(cond, turns=turns)
     if config.judge_every and options.get("judge") is None:
         options["judge"] = toy_judge(config.concepts)
     return erase(toy_denoiser(model), cond, config, callback, **options)

@@ -31,13 +31,9 @@ TOY_SETTINGS: dict[str, Any] = dict(
 # A concept judged in more than this share of the samples of its own anchors (the captions
 # naming it, with it left out) is one the model draws by default: it is erased towards the
 # other values of its kind instead, whose captions are then held to the base model with
-# TOY_RETAIN_WEIGHT times the share of the run's concepts whose neighbours are held
-# (``toyworld.erasure``). Beside other concepts it takes DEFAULT_VALUE_TURNS turns of each round
-# of trajectories to their one: alone it falls only after step 150-200 of 300, and with half of a
-# pair's trajectories it was kept in one seed of five (BENCHMARKS.md §5q, §5r).
+# TOY_RETAIN_WEIGHT times the share of the run's concepts they hold (``toyworld.erasure``).
 DEFAULT_VALUE_RATE = 0.5
 TOY_RETAIN_WEIGHT = 1.0
-DEFAULT_VALUE_TURNS = 2
 
 TASKS: dict[str, tuple[str, ...]] = {
     "shape": ("cross",),
