@@ -311,6 +311,15 @@ def test_concepts_benchmark_rows_and_bars():
     striped = next(line for line in table.splitlines() if line.startswith("| striped |"))
     assert red.endswith("| met |") and "0.50 / 1.000" in red and "3: 0.02, 6: 0.05" in red
     assert striped.endswith("| not met |")
+    # a set pooled under its mean floor (0.28) while square stays far over its own (0.11)
+    pair = [dict(run("square,solid", "train", s, 0.17, 0.99, 0.2, floor=0.28),
+                 efficacy_by_concept={"square": 0.34, "solid": 0.0},
+                 floor_by_concept={"square": 0.11, "solid": 0.45}) for s in range(5)]
+    row = bench.markdown_table(pair).splitlines()[-1]
+    assert "| square 0.34 (0.11) |" in row and row.endswith("| not met |")
+    for r in pair:
+        r["efficacy_by_concept"] = {"square": 0.1, "solid": 0.0}
+    assert bench.markdown_table(pair).splitlines()[-1].endswith("| met |")
 
 
 def test_concepts_benchmark_overrides_and_variant_rows():

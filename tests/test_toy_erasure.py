@@ -31,6 +31,17 @@ def test_prompt_split_by_concept():
     assert len(kept3) == 3 * 3 * 2 and len(erased3) == 48 - 18
 
 
+def test_a_sets_efficacy_pools_its_concepts_and_each_is_reported(world):
+    """A set's efficacy pools the captions of its concepts; each concept's own share is kept
+    too (square and red: 12 captions each, so the pool is their mean)."""
+    model, judges = world
+    ev = evaluate(model, judges, ["square", "red"], repeats=1, with_clip=False)
+    square, red = ev.efficacy_by_concept["square"], ev.efficacy_by_concept["red"]
+    assert set(ev.efficacy_by_concept) == {"square", "red"}
+    assert ev.efficacy == pytest.approx((square + red) / 2)
+    assert min(square, red) >= 0.5  # the untouched model draws both where the caption says
+
+
 def test_default_toy_erasure_moves_efficacy_down(world):
     model, judges = world
     before = evaluate(model, judges, ["cross"], repeats=2, with_clip=False)

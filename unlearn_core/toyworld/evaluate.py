@@ -73,6 +73,9 @@ class Evaluation:
     clip_retained: float
     images_erased: torch.Tensor = field(repr=False)
     images_retained: torch.Tensor = field(repr=False)
+    # per concept: the share of the captions naming it whose image the judge still names it
+    # (a set's ``efficacy`` pools them, so one concept left can hide behind the others)
+    efficacy_by_concept: dict[str, float] = field(default_factory=dict)
 
 
 @lru_cache(maxsize=1)
@@ -124,12 +127,15 @@ def evaluate(model: ToyModel, judges: dict, concepts: Sequence[str],
                          f"settings make {len(erased_set)} and {len(retained_set)}")
     pred_e = judge(img_e, judges)
     labels_e, labels_r = erased_set.labels(), retained_set.labels()
-    still, pairs = 0, 0
+    still, pairs, by_concept = 0, 0, {}
     contained = torch.zeros(len(erased_set), len(AXES), dtype=torch.bool)
-    for axis, idx in (concept_axis(c) for c in concepts):
+    for concept in concepts:
+        axis, idx = concept_axis(concept)
         mask = labels_e[axis] == idx
-        still += int(((pred_e[axis] == idx) & mask).sum())
+        hits = int(((pred_e[axis] == idx) & mask).sum())
+        still += hits
         pairs += int(mask.sum())
+        by_concept[concept] = hits / max(int(mask.sum()), 1)
         contained[:, list(AXES).index(axis)] |= mask
     retention = {}
     if len(retained_set):
@@ -152,7 +158,7 @@ def evaluate(model: ToyModel, judges: dict, concepts: Sequence[str],
     return Evaluation(
         efficacy=still / max(pairs, 1), retention_accuracy=retention,
         erased_accuracy_other_axes=other, clip_erased=clip_e, clip_retained=clip_r,
-        images_erased=img_e, images_retained=img_r,
+        images_erased=img_e, images_retained=img_r, efficacy_by_concept=by_concept,
     )
 
 
