@@ -142,4 +142,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         message, code = describe_failure(e)
         print(f"unlearn {args.command}: error: {message}", file=sys.stderr)
+        if type(e).__name__ == "RankFailure":
+            # a peer of this data-parallel run died: tearing down the broken process group at
+            # interpreter exit can abort ("terminate called without an active exception",
+            # SIGABRT) after the message; nothing is left to write, so the process ends here
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
         return code
