@@ -99,14 +99,15 @@ def _init(threads: int) -> None:
 
 
 def _baseline(concepts: tuple[str, ...], repeats: int, phrasing_images: int) -> dict:
-    from unlearn_core.toyworld.evaluate import evaluate, uncond_rate
+    from unlearn_core.toyworld.evaluate import evaluate, uncond_rates
     from unlearn_core.toyworld.phrasings import efficacy_by_phrasing
 
     model, judges = _STATE["model"], _STATE["judges"]
     base = evaluate(model, judges, concepts, repeats=repeats, with_clip=False)
     phr = efficacy_by_phrasing(model, judges, concepts, min_images=phrasing_images)
-    return {"efficacy": base.efficacy, "uncond_rate": uncond_rate(model, judges, concepts),
-            "floors": {c: uncond_rate(model, judges, [c]) for c in concepts},
+    floors = uncond_rates(model, judges, concepts)  # one set of empty-prompt samples for all
+    return {"efficacy": base.efficacy, "uncond_rate": sum(floors) / len(floors),
+            "floors": dict(zip(concepts, floors, strict=True)),
             "phrasing": phr["phrasing"], "length": phr["length"], "evaluation": base}
 
 

@@ -132,10 +132,9 @@ def evaluate(model: ToyModel, judges: dict, concepts: Sequence[str],
     for concept in concepts:
         axis, idx = concept_axis(concept)
         mask = labels_e[axis] == idx
-        hits = int(((pred_e[axis] == idx) & mask).sum())
-        still += hits
-        pairs += int(mask.sum())
-        by_concept[concept] = hits / max(int(mask.sum()), 1)
+        hits, named = int(((pred_e[axis] == idx) & mask).sum()), int(mask.sum())
+        still, pairs = still + hits, pairs + named
+        by_concept[concept] = hits / max(named, 1)
         contained[:, list(AXES).index(axis)] |= mask
     retention = {}
     if len(retained_set):
@@ -172,10 +171,16 @@ def judged_rates(model: ToyModel, judges: dict, concepts: Sequence[str],
     return [float((pred[axis] == idx).float().mean()) for axis, idx in map(concept_axis, concepts)]
 
 
+def uncond_rates(model: ToyModel, judges: dict, concepts: Sequence[str], n: int = 96,
+                 seed: int = 20_000, steps: int = 20) -> list[float]:
+    """Per concept, the share of the model's empty-prompt samples judged to be it (its floor)."""
+    return judged_rates(model, judges, concepts, [""] * n, seed, steps)
+
+
 def uncond_rate(model: ToyModel, judges: dict, concepts: Sequence[str], n: int = 96,
                 seed: int = 20_000, steps: int = 20) -> float:
     """Share of the model's empty-prompt samples judged to be each concept, averaged."""
-    rates = judged_rates(model, judges, concepts, [""] * n, seed, steps)
+    rates = uncond_rates(model, judges, concepts, n, seed, steps)
     return sum(rates) / len(rates)
 
 
