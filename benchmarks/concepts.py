@@ -3,9 +3,10 @@ set of concepts erased at once), against the issue's bars.
 
 For each concept (or set): the untouched model's efficacy and unconditional floor; then, per
 training seed, the erasure with the defaults (``toy_config``: the toy settings, nothing set per
-concept), its efficacy, retention and efficacy per phrasing and caption length
-(``phrasings.EVAL_PHRASINGS``: the toy grammar's five phrasings and five held-out ones, up to the
-six words the tokenizer reads); UCE once (deterministic). Mean and 95% interval over seeds
+concept; a set that holds a default value's neighbours trains its longer default steps), its
+efficacy, retention and efficacy per phrasing and caption length (``phrasings.EVAL_PHRASINGS``:
+the toy grammar's five phrasings and five held-out ones, up to the six words the tokenizer
+reads); UCE once (deterministic). Mean and 95% interval over seeds
 (Student t). Bars: efficacy <= floor + 0.05, retention >= 0.97, half-width <= 0.10, the worst
 phrasing inside the efficacy bar, and for a set each concept's mean efficacy (on the captions
 naming it) within its own unconditional floor + 0.05.
@@ -124,7 +125,8 @@ def _run(job: tuple[str, int, tuple[str, ...], int, int, dict, str]) -> dict:
     if name not in _STATE:  # the untouched model's figures, once per worker and target
         _STATE[name] = _baseline(concepts, repeats, phrasing_images)
     base = _STATE[name]
-    cfg = toy_config(concepts, seed=seed, **({"method": "uce"} if method == "uce" else overrides))
+    cfg = toy_config(concepts, model, seed=seed,
+                     **({"method": "uce"} if method == "uce" else overrides))
     t0 = time.perf_counter()
     res = erase_toy(model, cfg)
     seconds = time.perf_counter() - t0

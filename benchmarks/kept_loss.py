@@ -105,7 +105,7 @@ def main() -> None:
     print("\n".join(kept_report(base, labels, concepts)), flush=True)
     base_grid = generate(model, *grid_prompts(captions, 12)) if args.grid else None
     for seed in (int(s) for s in args.seeds.split(",")):
-        result = erase_toy(model, toy_config(concepts, seed=seed, **overrides))
+        result = erase_toy(model, toy_config(concepts, model, seed=seed, **overrides))
         pred = judge(evaluation_images(model, concepts, "erased", result, repeats=args.repeats),
                      judges)
         print(f"seed {seed}:")

@@ -72,3 +72,22 @@ def test_python_m_unlearn_core_is_the_cli():
     run = subprocess.run([sys.executable, "-m", "unlearn_core", "erase", "--help"],
                          capture_output=True, text=True, check=False)
     assert run.returncode == 0 and "--concepts-file" in run.stdout and "'toy'" in run.stdout
+
+
+def test_a_set_holding_a_default_value_takes_the_longer_steps_unless_told(tmp_path, capsys,
+                                                                           monkeypatch):
+    # the budgets made small so the runs are quick; the rule is the one the CLI applies
+    from unlearn_core.toyworld import erasure, settings
+
+    monkeypatch.setitem(settings.TOY_SETTINGS, "steps", 2)
+    monkeypatch.setattr(erasure, "SET_WITH_DEFAULT_STEPS", 3)
+    runs = {"pair": ["--concept", "circle", "--concept", "red"],  # circle: a default value
+            "told": ["--concept", "circle", "--concept", "red", "--steps", "2"],
+            "plain": ["--concept", "cross", "--concept", "red"]}
+    steps = {}
+    for name, flags in runs.items():
+        out = tmp_path / f"{name}.safetensors"
+        assert main(["erase", "--model", "toy", *flags, "--sampling-steps", "2",
+                     "--output", str(out)]) == 0
+        steps[name] = read_metadata(out)["config"]["steps"]
+    assert steps == {"pair": 3, "told": 2, "plain": 2}

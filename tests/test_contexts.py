@@ -273,6 +273,29 @@ def test_toy_erasure_in_a_set_holds_no_caption_of_an_erased_concept():
     assert mine["retain_weight"] == 2.0 and mine["retain_prompts"] == ["a blue square"]
 
 
+def test_a_toy_set_holding_a_default_value_takes_the_longer_default_steps():
+    from unlearn_core.toyworld import load_toy_model
+    from unlearn_core.toyworld.erasure import toy_config
+    from unlearn_core.toyworld.settings import SET_WITH_DEFAULT_STEPS, TOY_SETTINGS
+
+    model = load_toy_model()
+    base = TOY_SETTINGS["steps"]
+    assert SET_WITH_DEFAULT_STEPS > base
+    # circle is a default value: beside red its neighbours are held, and the set trains longer
+    assert toy_config(["circle", "red"], model, seed=0).steps == SET_WITH_DEFAULT_STEPS
+    assert ("default_values", ("circle", "red"), 96, 50_000) in model.known  # asked once
+    # steps the caller names win; without the model, the toy settings' steps
+    assert toy_config(["circle", "red"], model, steps=7).steps == 7
+    assert toy_config(["circle", "red"]).steps == base
+    # alone, a default value keeps the single-concept budget; so does a set with no default
+    # value, and a run given its own retain prompts (nothing of the toy world's is held then)
+    assert toy_config(["circle"], model).steps == base
+    assert toy_config(["square", "cross"], model).steps == base
+    assert toy_config(["circle", "red"], model, retain_prompts=("a blue square",),
+                      retain_weight=1.0).steps == base
+    assert toy_config(["circle", "red"], model, method="uce").steps == base
+
+
 def test_toy_eval_phrasings_hold_out_orders_and_the_longest_captions():
     assert set(TRAINED_PHRASINGS).isdisjoint(HELD_OUT_PHRASINGS)
     assert set(EVAL_PHRASINGS) == set(TRAINED_PHRASINGS) | set(HELD_OUT_PHRASINGS)

@@ -11,11 +11,45 @@ from ..denoiser import DiffusersDenoiser
 from ..result import EraseResult
 from ..trainer import Callback, erase
 from .model import ToyModel
-from .settings import DEFAULT_VALUE_RATE, TOY_RETAIN_WEIGHT, TOY_SETTINGS
+from .settings import DEFAULT_VALUE_RATE, SET_WITH_DEFAULT_STEPS, TOY_RETAIN_WEIGHT, TOY_SETTINGS
 
 
-def toy_config(concepts: Sequence[str], **overrides: Any) -> EraseConfig:
-    return EraseConfig(concepts=tuple(concepts), **(TOY_SETTINGS | overrides))
+def toy_config(concepts: Sequence[str], model: ToyModel | None = None,
+               **overrides: Any) -> EraseConfig:
+    """The toy settings (``TOY_SETTINGS``) for ``concepts``, with ``overrides`` over them. Given
+    the ``model`` and no ``steps``, a set that holds a default value's neighbours gets
+    ``SET_WITH_DEFAULT_STEPS`` (``toy_steps``); without the model, the toy settings' steps."""
+    config = EraseConfig(concepts=tuple(concepts), **(TOY_SETTINGS | overrides))
+    if model is not None and "steps" not in overrides:
+        config = config.replace(steps=toy_steps(model, config))
+    return config
+
+
+def toy_steps(model: ToyModel, config: EraseConfig) -> int:
+    """The toy world's steps for ``config``'s concepts when the caller names none: at least
+    ``SET_WITH_DEFAULT_STEPS`` for a training run of two or more concepts in which a default
+    value's neighbours are held (the retain term of ``erase_toy``), else ``config.steps``."""
+    if len(config.concepts) > 1 and _held_neighbours(model, config)[1]:
+        return max(config.steps, SET_WITH_DEFAULT_STEPS)
+    return config.steps
+
+
+def _held_neighbours(model: ToyModel, config: EraseConfig
+                     ) -> tuple[tuple[str, ...], tuple[str, ...], float]:
+    """(the run's default values, the captions ``erase_toy`` holds to the base model, the share
+    of the run's concepts they hold): nothing unless a training run names neither contexts nor
+    retain prompts of its own."""
+    from .phrasings import neighbours
+
+    if config.method != "train" or config.contexts:
+        return (), (), 0.0
+    defaults = default_values(model, config.concepts)
+    if config.retain_prompts:
+        return defaults, (), 0.0
+    # each default value's neighbours, once: their union is held, their count sets the weight
+    own = [neighbours([d], erased=config.concepts) for d in defaults]
+    held = tuple(sorted(set().union(*own)))
+    return defaults, held, sum(1 for n in own if n) / len(config.concepts)
 
 
 def last_token_fn(model: ToyModel) -> Callable[[Sequence[str]], list[int]]:
@@ -37,7 +71,18 @@ def default_values(model: ToyModel, concepts: Sequence[str], judges: dict | None
     left out). Their anchors show them, so an erasure towards those anchors stops short; the
     toy world's are circle (0.62-0.66 on two noise seeds) and solid (0.65-0.70), every other
     item 0.02-0.55 (BENCHMARKS.md §5e). Deterministic (fixed noise); 96 images cost 5-14 s per
-    concept on one thread."""
+    concept on one thread, so with the shipped judges the answer is kept in ``model.known`` (a
+    set's steps and its erasure both ask; an erasure never changes the model's weights)."""
+    if judges is not None:
+        return _default_values(model, concepts, judges, images, seed)
+    key = ("default_values", tuple(concepts), images, seed)
+    if key not in model.known:
+        model.known[key] = _default_values(model, concepts, None, images, seed)
+    return model.known[key]
+
+
+def _default_values(model: ToyModel, concepts: Sequence[str], judges: dict | None,
+                    images: int, seed: int) -> tuple[str, ...]:
     from .evaluate import judged_rates
     from .phrasings import context_pairs
 
@@ -86,21 +131,15 @@ def erase_toy(model: ToyModel, config: EraseConfig, callback: Callback | None = 
     with none left, no retain term. ``options`` go to
     ``erase`` (``parallel``, ``checkpoint``, ``judge``); with ``judge_every`` and no judge
     given, the toy world's own judges (``toy_judge``) stop the training."""
-    from .phrasings import context_pairs, neighbours
+    from .phrasings import context_pairs
 
-    defaults = (default_values(model, config.concepts)
-                if config.method == "train" and not config.contexts else ())
-    # each default value's neighbours, once: their union is held, their count sets the weight
-    own = [neighbours([d], erased=config.concepts) for d in defaults
-           ] if not config.retain_prompts else []
-    held = tuple(sorted(set().union(*own)))
+    defaults, held, share = _held_neighbours(model, config)
     if held:
         # the retain term runs at every step, the concepts take the trajectories in turn: scaled
         # by the share of the run's concepts whose neighbours it holds, each of them is held as
         # hard per trajectory of its own as when it is erased alone (BENCHMARKS.md §5q)
-        weight = TOY_RETAIN_WEIGHT * sum(1 for n in own if n) / len(config.concepts)
         config = config.replace(retain_prompts=held,
-                                retain_weight=config.retain_weight or weight)
+                                retain_weight=config.retain_weight or TOY_RETAIN_WEIGHT * share)
     cond = encode_conditioning(
         model.encode, config, last_token_fn(model),
         context_pairs=lambda concept: context_pairs(concept, erased=config.concepts,

@@ -35,6 +35,14 @@ TOY_SETTINGS: dict[str, Any] = dict(
 DEFAULT_VALUE_RATE = 0.5
 TOY_RETAIN_WEIGHT = 1.0
 
+# Steps of a set of two or more concepts in which a default value's neighbours are held, unless
+# the caller sets steps: the set's concepts take the trajectories in turn while the retain term
+# runs at every step, and at 300 steps circle beside red (one seed of five) and square beside
+# solid (square 0.17 against its floor 0.11) stayed; at 600 both met every bar (BENCHMARKS.md
+# §5q, §5s). Sets without a held default value keep TOY_SETTINGS' steps: more steps cost seven
+# at once its retention (§5p).
+SET_WITH_DEFAULT_STEPS = 600
+
 TASKS: dict[str, tuple[str, ...]] = {
     "shape": ("cross",),
     "texture": ("striped",),
