@@ -12,6 +12,7 @@ from pathlib import Path
 from ..config import RECIPES
 from ..devices import DEVICE_HELP, resolve_device
 from ..errors import ConfigError
+from ..toyworld.settings import SET_WITH_DEFAULT_STEPS, TOY_SETTINGS
 from .common import add_clip_arguments, add_config_arguments, config_from_args
 from .run_options import add_run_arguments, plan_run
 
@@ -20,9 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True,
                    help="local diffusers-format SD-1.x folder, or 'toy' for the embedded toy "
                         "model (no weights needed; concepts are toy-world words such as cross, "
-                        "red or dotted; its settings are the toy world's, under your flags: 300 steps, "
-                        "600 for a set that holds a value the model draws by default, such as "
-                        "circle or solid)")
+                        "red or dotted; its settings are the toy world's, under your flags: "
+                        f"{TOY_SETTINGS['steps']} steps, {SET_WITH_DEFAULT_STEPS} for a set that "
+                        "holds a value the model draws by default, such as circle or solid)")
     p.add_argument("--concepts-file", default=None, metavar="FILE",
                    help="a UTF-8 text file of concepts to erase, one a line (blank lines and "
                         "lines starting with # are skipped), added to any --concept")
@@ -78,7 +79,6 @@ def run_erase_toy(args: argparse.Namespace) -> int:
 
     from ..files import check_output_path, save_erasure
     from ..threads import parameter_count, set_threads
-    from ..toyworld.settings import TOY_SETTINGS
 
     config = config_from_args(args, base=TOY_SETTINGS)
     if args.svd_rank:
