@@ -13,7 +13,7 @@ from unlearn_core.cli.bench import QUICK, QUICK_SETTINGS
 from unlearn_core.toyworld import load_judges, load_toy_model
 from unlearn_core.toyworld.erasure import erase_toy, toy_config
 from unlearn_core.toyworld.evaluate import evaluate, retention_ratio, split_prompts
-from unlearn_core.toyworld.settings import AXES, VOCABULARY
+from unlearn_core.toyworld.settings import AXES, TOY_SETTINGS, VOCABULARY
 
 
 @pytest.fixture(scope="module")
@@ -162,6 +162,27 @@ def test_bench_set_steps_is_the_step_budget_of_every_trained_run(tmp_path, monke
     assert [r["config"]["steps"] for r in runs] == [2]
 
 
+
+def test_bench_without_steps_trains_the_steps_unlearn_erase_gives(tmp_path, monkeypatch):
+    """With no ``--steps``, each row trains the engine's default steps for its concepts, as
+    ``unlearn erase --model toy`` decides them: a set holding a default value (the circle beside
+    red) its longer steps, a single concept the toy settings' (it once trained every row the
+    toy settings' steps, so a set's row did not measure what a user gets)."""
+    import unlearn_core.toyworld.erasure as erasure
+    from unlearn_core.toyworld.settings import SET_WITH_DEFAULT_STEPS
+
+    real, steps = erasure.erase_toy, []
+
+    def recording(model, config, *args, **kwargs):
+        steps.append(config.steps)  # the bench's choice; then train a token budget
+        return real(model, config.replace(steps=2, sampling_steps=2), *args, **kwargs)
+
+    monkeypatch.setattr(erasure, "erase_toy", recording)
+    assert main(["bench", "--concepts", "circle+red,green", "--losses", "l2", "--objectives",
+                 "esd", "--seeds", "1", "--repeats", "1", "--no-uce", "--threads", "1",
+                 "--out", str(tmp_path)]) == 0
+    assert steps == [SET_WITH_DEFAULT_STEPS, TOY_SETTINGS["steps"]]
+    assert "--steps" not in (tmp_path / "bench.md").read_text()
 
 def test_bench_concepts_gives_one_row_per_concept(tmp_path):
     """``unlearn bench --concepts``: each item of the list a task of its own (several erased

@@ -21,7 +21,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..metrics.stats import mean_ci
 from ..threads import THREADS_HELP, check_threads
-from ..toyworld.settings import TASKS, TOY_SETTINGS
+from ..toyworld.settings import SET_WITH_DEFAULT_STEPS, TASKS, TOY_SETTINGS
 from .common import parse_settings
 
 LOSSES_DEFAULT = ("l2", "jensen_shannon", "cramer_wold")
@@ -46,7 +46,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--uce", action=argparse.BooleanOptionalAction, default=True,
                    help="add UCE as a row")
     p.add_argument("--seeds", type=int, default=3, help="training seeds per cell")
-    p.add_argument("--steps", type=int, default=TOY_SETTINGS["steps"], help="step budget per run")
+    p.add_argument("--steps", type=int, default=None,
+                   help="step budget per run (default: the engine's, as `unlearn erase --model "
+                   f"toy` gives it: {TOY_SETTINGS['steps']}, and {SET_WITH_DEFAULT_STEPS} for a "
+                   "set that holds a default value)")
     p.add_argument("--repeats", type=int, default=2,
                    help="evaluation images per caption (erased and retained sets)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
@@ -78,7 +81,7 @@ def _plan(args: argparse.Namespace) -> tuple[list[str], list[tuple[str, str, str
     overrides = quick_settings | parse_settings(args.set, own_flags=_OWN_FLAGS)
     args.steps = overrides.pop("steps", args.steps)
     for flag, value in (("--seeds", args.seeds), ("--steps", args.steps), ("--repeats", args.repeats)):
-        if value < 1:
+        if value is not None and value < 1:
             raise ConfigError(flag, value, "must be 1 or more", f"give {flag} 1 or more")
     check_threads(args.threads)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
@@ -99,7 +102,7 @@ def _plan(args: argparse.Namespace) -> tuple[list[str], list[tuple[str, str, str
                           "or keep --uce")
     for _, loss, obj in methods:  # validate every config before any work
         if loss != "-":
-            toy_config(["cross"], loss=loss, objective=obj, steps=args.steps, **_cw(loss),
+            toy_config(["cross"], loss=loss, objective=obj, **_steps(args), **_cw(loss),
                        **overrides)
     return tasks, methods, overrides
 
@@ -125,8 +128,9 @@ def _bench_task(model, judges, task: str, methods, overrides: dict, args: argpar
             if method == "uce":
                 cfg = toy_config(concepts, method="uce", seed=seed)
             else:
-                cfg = toy_config(concepts, loss=loss, objective=obj, steps=args.steps,
-                                 seed=seed, **_cw(loss), **overrides)
+                # with no --steps, the model decides them as for `unlearn erase --model toy`
+                cfg = toy_config(concepts, model, loss=loss, objective=obj, seed=seed,
+                                 **_steps(args), **_cw(loss), **overrides)
             t0 = time.perf_counter()
             res = erase_toy(model, cfg)
             seconds = time.perf_counter() - t0
@@ -142,7 +146,7 @@ def _bench_task(model, judges, task: str, methods, overrides: dict, args: argpar
             rows.append(row)
             print(f"  {method:5s} {loss:15s} {obj:4s} seed {seed}: efficacy "
                   f"{row['efficacy']:.2f} retention {row['retention']:.3f} "
-                  f"{seconds:.1f} s", flush=True)
+                  f"{cfg.steps} steps {seconds:.1f} s", flush=True)
     return baseline, rows
 
 
@@ -197,6 +201,10 @@ def _settings_text(settings: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v}" for k, v in settings.items())
 
 
+def _steps(args: argparse.Namespace) -> dict:
+    return {} if args.steps is None else {"steps": args.steps}
+
+
 def _cw(loss: str) -> dict:
     return {"batch_size": max(2, TOY_SETTINGS["batch_size"])} if loss == "cramer_wold" else {}
 
@@ -206,7 +214,9 @@ def _argline(args: argparse.Namespace) -> str:
         return " ".join(["--quick", *(f"--set {s}" for s in args.set)])
     chosen = f"--concepts {args.concepts}" if args.concepts is not None else f"--tasks {args.tasks}"
     parts = [chosen, f"--losses {args.losses}", f"--objectives {args.objectives}",
-             f"--seeds {args.seeds}", f"--steps {args.steps}", f"--repeats {args.repeats}"]
+             f"--seeds {args.seeds}", f"--repeats {args.repeats}"]
+    if args.steps is not None:
+        parts.append(f"--steps {args.steps}")
     parts += [f"--set {s}" for s in args.set]
     return " ".join(parts) + ("" if args.uce else " --no-uce")
 
