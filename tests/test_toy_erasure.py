@@ -162,7 +162,6 @@ def test_bench_set_steps_is_the_step_budget_of_every_trained_run(tmp_path, monke
     assert [r["config"]["steps"] for r in runs] == [2]
 
 
-
 def test_bench_without_steps_trains_the_steps_unlearn_erase_gives(tmp_path, monkeypatch):
     """With no ``--steps``, each row trains the engine's default steps for its concepts, as
     ``unlearn erase --model toy`` decides them: a set holding a default value (the circle beside
@@ -183,6 +182,7 @@ def test_bench_without_steps_trains_the_steps_unlearn_erase_gives(tmp_path, monk
                  "--out", str(tmp_path)]) == 0
     assert steps == [SET_WITH_DEFAULT_STEPS, TOY_SETTINGS["steps"]]
     assert "--steps" not in (tmp_path / "bench.md").read_text()
+
 
 def test_bench_concepts_gives_one_row_per_concept(tmp_path):
     """``unlearn bench --concepts``: each item of the list a task of its own (several erased
