@@ -180,7 +180,7 @@ def main() -> None:
         data = json.loads(args.table.read_text())
         runs = [r | {"length": {int(k): v for k, v in r["length"].items()}} for r in data["runs"]]
         plot(runs, args.table.with_suffix(".png"))
-        print(markdown_table(runs))
+        print(markdown_table(runs) + "\n" + concept_table(runs))
         return
     if args.quick:
         args.concepts, args.set, args.seeds, args.repeats = "red,striped", [], 1, 1
@@ -206,7 +206,7 @@ def main() -> None:
               f"{args.threads} torch thread(s), torch {torch.__version__}; load average at the "
               f"end {os.getloadavg()[0]:.1f}; {datetime.now(timezone.utc):%Y-%m-%d}; "
               f"{time.perf_counter() - started:.0f} s in all.\n\n")
-    table = markdown_table(runs)
+    table = markdown_table(runs) + "\n" + concept_table(runs)
     (args.out / "concepts.md").write_text(header + table)
     plot(runs, args.out / "concepts.png")
     print(header + table)
@@ -225,19 +225,51 @@ def _rows(runs: list[dict], label: str, method: str) -> list[dict]:
             and r["method"] == method]
 
 
+def concept_stats(rows: list[dict]) -> dict[str, dict]:
+    """Per concept of a set's runs (one per seed): its efficacy on the captions naming it, over
+    the seeds -- mean, 95% half-width, per seed -- its own floor, and whether it meets the bars a
+    single concept meets (mean within floor + EFFICACY_MARGIN, half-width within
+    HALF_WIDTH_BAR). Empty for one concept or runs without the figures."""
+    if not rows or not all(len(r.get("efficacy_by_concept", {})) > 1 for r in rows):
+        return {}
+    rows = sorted(rows, key=lambda r: r["seed"])
+    out = {}
+    for c, floor in rows[0]["floor_by_concept"].items():
+        per_seed = [r["efficacy_by_concept"][c] for r in rows]
+        mean, half = mean_ci(per_seed)
+        out[c] = dict(mean=mean, half=half, floor=floor, per_seed=per_seed,
+                      ok=mean <= floor + EFFICACY_MARGIN and half <= HALF_WIDTH_BAR)
+    return out
+
+
 def worst_concept(rows: list[dict]) -> tuple[str, bool]:
     """A set's row pools its concepts' captions against their mean floor, so one concept left
     can hide behind the others: each concept's mean efficacy over the seeds against its own
     floor. Returns the cell (the concept furthest over its floor, e.g. "square 0.19 (0.11)";
-    empty for one concept or runs without the figures) and whether every concept is within
-    its own floor + EFFICACY_MARGIN."""
-    if not all(len(r.get("efficacy_by_concept", {})) > 1 for r in rows):
+    empty for one concept or runs without the figures) and whether every concept meets its own
+    bars (``concept_stats``)."""
+    stats = concept_stats(rows)
+    if not stats:
         return "", True
-    floors = rows[0]["floor_by_concept"]
-    means = {c: statistics.fmean(r["efficacy_by_concept"][c] for r in rows) for c in floors}
-    c = max(means, key=lambda k: means[k] - floors[k])
-    return (f"{c} {means[c]:.2f} ({floors[c]:.2f})",
-            all(means[k] <= floors[k] + EFFICACY_MARGIN for k in means))
+    c = max(stats, key=lambda k: stats[k]["mean"] - stats[k]["floor"])
+    return (f"{c} {stats[c]['mean']:.2f} ({stats[c]['floor']:.2f})",
+            all(v["ok"] for v in stats.values()))
+
+
+def concept_table(runs: list[dict]) -> str:
+    """Each set's concepts, one line each: efficacy on the captions naming the concept, mean ±
+    95% interval and per seed, against its own floor; empty when no row is a set."""
+    lines = []
+    for name in dict.fromkeys(_label(r) for r in runs):
+        for c, v in concept_stats(_rows(runs, name, "train")).items():
+            seeds = " / ".join(f"{x:.2f}" for x in v["per_seed"])
+            lines.append(f"| {name} | {c} | {v['floor']:.2f} | {len(v['per_seed'])} | "
+                         f"{v['mean']:.2f} ± {v['half']:.2f} | {seeds} | "
+                         f"{'met' if v['ok'] else 'not met'} |")
+    if not lines:
+        return ""
+    return "\n".join(["| set | concept | its floor | n | efficacy ↓ | per seed | bars |",
+                      "|---|---|---|---|---|---|---|", *lines]) + "\n"
 
 
 def markdown_table(runs: list[dict]) -> str:

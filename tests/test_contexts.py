@@ -340,9 +340,20 @@ def test_concepts_benchmark_rows_and_bars():
                  floor_by_concept={"square": 0.11, "solid": 0.45}) for s in range(5)]
     row = bench.markdown_table(pair).splitlines()[-1]
     assert "| square 0.34 (0.11) |" in row and row.endswith("| not met |")
+    lines = bench.concept_table(pair).splitlines()
+    assert lines[2] == ("| square,solid | square | 0.11 | 5 | 0.34 ± 0.00 | "
+                        "0.34 / 0.34 / 0.34 / 0.34 / 0.34 | not met |")
+    assert lines[3].startswith("| square,solid | solid | 0.45 | 5 | 0.00 ± 0.00 |")
+    assert lines[3].endswith("| met |")
     for r in pair:
         r["efficacy_by_concept"] = {"square": 0.1, "solid": 0.0}
     assert bench.markdown_table(pair).splitlines()[-1].endswith("| met |")
+    # under its floor on average, but one seed of five far over it: the interval fails the bar
+    pair[2]["efficacy_by_concept"] = {"square": 0.1, "solid": 0.5}
+    assert bench.markdown_table(pair).splitlines()[-1].endswith("| not met |")
+    assert bench.concept_table(pair).splitlines()[3].endswith("| 0.00 / 0.00 / 0.50 / 0.00 / "
+                                                              "0.00 | not met |")
+    assert bench.concept_table(runs) == ""  # no set, no table
 
 
 def test_concepts_benchmark_overrides_and_variant_rows():

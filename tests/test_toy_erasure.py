@@ -205,3 +205,12 @@ def test_bench_concepts_gives_one_row_per_concept(tmp_path):
     table = (out / "bench.md").read_text()
     assert "| green | train | l2 | esd |" in table and "| circle+dotted | train |" in table
     assert "--concepts green,circle+dotted" in table
+    # a set's row is followed by each concept's own efficacy, beside the untouched model's
+    green, pair = data["runs"]
+    assert green["efficacy_by_concept"] == {} and "| green: " not in table
+    assert set(pair["efficacy_by_concept"]) == {"circle", "dotted"}
+    before = data["baselines"]["circle+dotted"]["efficacy_by_concept"]
+    for concept in ("circle", "dotted"):
+        line = (f"| circle+dotted: {concept} | train | l2 | esd | 1 | "
+                f"{pair['efficacy_by_concept'][concept]:.2f} (untouched {before[concept]:.2f}) |")
+        assert line in table

@@ -4,7 +4,8 @@ Tasks (one shape; one texture, the "style" analogue; one colour; three concepts 
 methods (trained: losses x objectives; and UCE) x training seeds, at a fixed step budget. Each run
 is evaluated on the same prompts and the same evaluation noise (common random numbers) as the
 untouched model. Reported per cell: efficacy, retention, CLIP score on erased and retained
-prompts, wall time and UNet evaluations, as mean and 95% interval over seeds (Student t).
+prompts, wall time and UNet evaluations, as mean and 95% interval over seeds (Student t); a task
+of several concepts adds a line per concept, its efficacy on the captions naming it.
 Writes ``bench.md`` (table), ``bench.json`` (every run) and ``bench.png`` into ``--out``.
 """
 
@@ -118,7 +119,7 @@ def _bench_task(model, judges, task: str, methods, overrides: dict, args: argpar
     floor = uncond_rate(model, judges, concepts)
     baseline = {"efficacy": base.efficacy, "accuracy": base.retention_accuracy,
                 "clip_erased": base.clip_erased, "clip_retained": base.clip_retained,
-                "uncond_rate": floor}
+                "uncond_rate": floor, "efficacy_by_concept": _by_concept(base, concepts)}
     print(f"[{task}] untouched: efficacy {base.efficacy:.2f}, uncond {floor:.2f}, accuracy "
           f"{ {k: round(v, 3) for k, v in base.retention_accuracy.items()} }", flush=True)
     rows = []
@@ -137,7 +138,8 @@ def _bench_task(model, judges, task: str, methods, overrides: dict, args: argpar
             ev = evaluate(model, judges, concepts, res, repeats=args.repeats)
             row = {
                 "task": task, "method": method, "loss": loss, "objective": obj, "seed": seed,
-                "efficacy": ev.efficacy, "retention": retention_ratio(ev, base),
+                "efficacy": ev.efficacy, "efficacy_by_concept": _by_concept(ev, concepts),
+                "retention": retention_ratio(ev, base),
                 "clip_erased": ev.clip_erased, "clip_retained": ev.clip_retained,
                 "seconds": seconds,
                 "unet_evals": res.metadata["unet_evals_nograd"] + res.metadata["unet_evals_grad"],
@@ -148,6 +150,12 @@ def _bench_task(model, judges, task: str, methods, overrides: dict, args: argpar
                   f"{row['efficacy']:.2f} retention {row['retention']:.3f} "
                   f"{cfg.steps} steps {seconds:.1f} s", flush=True)
     return baseline, rows
+
+
+def _by_concept(evaluation, concepts) -> dict[str, float]:
+    """A set's efficacy per concept (on the captions naming it): the pooled figure can hide one
+    concept left behind the others' zeros. Empty for a single concept."""
+    return dict(evaluation.efficacy_by_concept) if len(concepts) > 1 else {}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -245,6 +253,14 @@ def markdown_table(runs: list[dict], baselines: dict) -> str:
                          f"{cell('efficacy', '.2f')} | {cell('retention', '.3f')} | "
                          f"{cell('clip_erased', '.1f')} | {cell('clip_retained', '.1f')} | "
                          f"{cell('seconds', '.1f')} | {cell('unet_evals', '.0f')} |")
+            # a set: each concept on the captions naming it, beside its untouched figure
+            for concept in rows[0].get("efficacy_by_concept", {}):
+                m, h = mean_ci([r["efficacy_by_concept"][concept] for r in rows])
+                value = f"{m:.2f} ± {h:.2f}" if len(rows) > 1 else f"{m:.2f}"
+                before = base.get("efficacy_by_concept", {}).get(concept)
+                was = "" if before is None else f" (untouched {before:.2f})"
+                lines.append(f"| {task}: {concept} | {k[0]} | {k[1]} | {k[2]} | {len(rows)} | "
+                             f"{value}{was} | | | | | |")
     return "\n".join(lines) + "\n"
 
 
