@@ -229,6 +229,12 @@ def _argline(args: argparse.Namespace) -> str:
     return " ".join(parts) + ("" if args.uce else " --no-uce")
 
 
+def _ci_text(values: list[float], fmt: str) -> str:
+    """A table cell: the mean ± 95% half-width over the seeds, or the one value."""
+    m, h = mean_ci(values)
+    return f"{m:{fmt}} ± {h:{fmt}}" if len(values) > 1 else f"{m:{fmt}}"
+
+
 def markdown_table(runs: list[dict], baselines: dict) -> str:
     lines = ["| task | method | loss | objective | n | efficacy ↓ | retention ↑ | CLIP erased ↓ | "
              "CLIP retained | seconds | UNet evals |", "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -246,8 +252,7 @@ def markdown_table(runs: list[dict], baselines: dict) -> str:
                                                                r["objective"]) == k]
 
             def cell(field: str, fmt: str, rows: list[dict] = rows) -> str:
-                m, h = mean_ci([r[field] for r in rows])
-                return f"{m:{fmt}} ± {h:{fmt}}" if len(rows) > 1 else f"{m:{fmt}}"
+                return _ci_text([r[field] for r in rows], fmt)
 
             lines.append(f"| {task} | {k[0]} | {k[1]} | {k[2]} | {len(rows)} | "
                          f"{cell('efficacy', '.2f')} | {cell('retention', '.3f')} | "
@@ -255,8 +260,7 @@ def markdown_table(runs: list[dict], baselines: dict) -> str:
                          f"{cell('seconds', '.1f')} | {cell('unet_evals', '.0f')} |")
             # a set: each concept on the captions naming it, beside its untouched figure
             for concept in rows[0].get("efficacy_by_concept", {}):
-                m, h = mean_ci([r["efficacy_by_concept"][concept] for r in rows])
-                value = f"{m:.2f} ± {h:.2f}" if len(rows) > 1 else f"{m:.2f}"
+                value = _ci_text([r["efficacy_by_concept"][concept] for r in rows], ".2f")
                 before = base.get("efficacy_by_concept", {}).get(concept)
                 was = "" if before is None else f" (untouched {before:.2f})"
                 lines.append(f"| {task}: {concept} | {k[0]} | {k[1]} | {k[2]} | {len(rows)} | "
