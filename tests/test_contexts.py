@@ -185,6 +185,47 @@ def test_toy_contexts_of_a_default_value_anchor_each_caption_on_one_other_value_
         "circle", erased=everything)
 
 
+def test_toy_contexts_of_swapped_values_anchor_on_another_value_of_their_kind():
+    """A wholly erased kind whose targets collapse (``swapped``): each caption's anchor names one
+    other value of the kind in place of the erased one, erased too, spread over the values;
+    without ``swapped`` the texture is left out as before."""
+    textures = ("solid", "striped", "dotted")
+    for concept in textures:
+        plain = context_pairs(concept, erased=textures)
+        pairs = context_pairs(concept, erased=textures, swapped=textures)
+        assert [c for c, _ in pairs] == [c for c, _ in plain]
+        chosen = []
+        for (caption, anchor), (_, left_out) in zip(pairs, plain):
+            (other,) = set(anchor.replace(",", " ").split()) & set(textures)
+            assert other != concept and anchor == caption.replace(concept, other)
+            assert not set(left_out.replace(",", " ").split()) & set(textures)
+            chosen.append(other)
+        assert min(chosen.count(v) for v in set(textures) - {concept}) >= len(chosen) // 4
+    # another concept's captions name the swapped texture too: it is swapped there as well
+    red = dict(context_pairs("red", erased=("red",) + textures, swapped=textures))
+    assert red["a red circle, striped"] in {"a circle, solid", "a circle, dotted"}
+
+
+def test_toy_collapsing_values_are_the_wholly_erased_textures_only():
+    """With every texture erased, the targets of the textures' captions draw solid (a flat fill)
+    almost always: those concepts are swapped, and the set takes the longer steps. A wholly
+    erased colour's targets spread over the colours, and a kind with a value kept is never
+    looked at."""
+    from unlearn_core.toyworld import load_toy_model
+    from unlearn_core.toyworld.erasure import collapsing_values, toy_config
+    from unlearn_core.toyworld.settings import SET_WITH_DEFAULT_STEPS
+
+    model = load_toy_model()
+    ten = ("square", "triangle", "cross", "red", "green", "blue", "yellow", "solid", "striped",
+           "dotted")
+    assert collapsing_values(model, ten) == ("solid", "striped", "dotted")
+    assert toy_config(ten, model).steps == SET_WITH_DEFAULT_STEPS
+    seven = ("triangle", "cross", "red", "green", "blue", "yellow", "striped")
+    assert collapsing_values(model, seven) == ()  # the colours, wholly erased, do not collapse
+    assert collapsing_values(model, ("solid", "striped")) == ()  # dotted kept: not wholly
+    assert ("collapsing_values", ("solid", "striped"), 1.0, 24, 50_000) not in model.known
+
+
 def test_toy_contexts_of_another_concept_swap_a_default_value_of_the_run_too():
     """Circle (a default value) erased beside red: red's captions that name the circle used to
     anchor on the caption without both ("a red circle" -> "a"), which still draws a circle and

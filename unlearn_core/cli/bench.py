@@ -50,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None,
                    help="step budget per run (default: the engine's, as `unlearn erase --model "
                    f"toy` gives it: {TOY_SETTINGS['steps']}, and {SET_WITH_DEFAULT_STEPS} for a "
-                   "set that holds a default value)")
+                   "set that holds a default value or erases every texture)")
     p.add_argument("--repeats", type=int, default=2,
                    help="evaluation images per caption (erased and retained sets)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",

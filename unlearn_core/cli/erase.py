@@ -23,7 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "model (no weights needed; concepts are toy-world words such as cross, "
                         "red or dotted; its settings are the toy world's, under your flags: "
                         f"{TOY_SETTINGS['steps']} steps, {SET_WITH_DEFAULT_STEPS} for a set that "
-                        "holds a value the model draws by default, such as circle or solid)")
+                        "holds a value the model draws by default, such as circle or solid, "
+                        "or erases every texture)")
     p.add_argument("--concepts-file", default=None, metavar="FILE",
                    help="a UTF-8 text file of concepts to erase, one a line (blank lines and "
                         "lines starting with # are skipped), added to any --concept")
@@ -98,7 +99,8 @@ def run_erase_toy(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     model = load_toy_model()
     if args.steps is None and "steps" not in RECIPES.get(args.recipe or "", {}):
-        # a set holding a default value's neighbours takes the toy world's longer default
+        # a set holding a default value's neighbours, or erasing a kind whose targets collapse,
+        # takes the toy world's longer default
         config = config.replace(steps=toy_steps(model, config))
     plan = plan_run(args, config, out)
     set_threads(0, parameter_count(model.unet, model.text_encoder))

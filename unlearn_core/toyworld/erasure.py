@@ -5,20 +5,22 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
+
 from ..conditioning import encode_conditioning
 from ..config import EraseConfig
 from ..denoiser import DiffusersDenoiser
 from ..result import EraseResult
 from ..trainer import Callback, erase
 from .model import ToyModel
-from .settings import DEFAULT_VALUE_RATE, SET_WITH_DEFAULT_STEPS, TOY_RETAIN_WEIGHT, TOY_SETTINGS
+from .settings import AXES, DEFAULT_VALUE_RATE, SET_WITH_DEFAULT_STEPS, TOY_RETAIN_WEIGHT, TOY_SETTINGS
 
 
 def toy_config(concepts: Sequence[str], model: ToyModel | None = None,
                **overrides: Any) -> EraseConfig:
     """The toy settings (``TOY_SETTINGS``) for ``concepts``, with ``overrides`` over them. Given
-    the ``model`` and no ``steps``, a set that holds a default value's neighbours gets
-    ``SET_WITH_DEFAULT_STEPS`` (``toy_steps``); without the model, the toy settings' steps."""
+    the ``model`` and no ``steps``, a set that holds a default value's neighbours or swaps a
+    collapsing kind gets ``SET_WITH_DEFAULT_STEPS`` (``toy_steps``); without the model, the toy settings' steps."""
     config = EraseConfig(concepts=tuple(concepts), **(TOY_SETTINGS | overrides))
     if model is not None and "steps" not in overrides:
         config = config.replace(steps=toy_steps(model, config))
@@ -28,10 +30,20 @@ def toy_config(concepts: Sequence[str], model: ToyModel | None = None,
 def toy_steps(model: ToyModel, config: EraseConfig) -> int:
     """The toy world's steps for ``config``'s concepts when the caller names none: at least
     ``SET_WITH_DEFAULT_STEPS`` for a training run of two or more concepts in which a default
-    value's neighbours are held (the retain term of ``erase_toy``), else ``config.steps``."""
-    if len(config.concepts) > 1 and _held_neighbours(model, config)[1]:
+    value's neighbours are held (the retain term of ``erase_toy``) or a wholly erased kind is
+    swapped (``collapsing_values``), else ``config.steps``."""
+    if len(config.concepts) > 1 and (_held_neighbours(model, config)[1]
+                                     or _swapped(model, config)):
         return max(config.steps, SET_WITH_DEFAULT_STEPS)
     return config.steps
+
+
+def _swapped(model: ToyModel, config: EraseConfig) -> tuple[str, ...]:
+    """The run's ``collapsing_values`` where the toy world's own pairs are trained (a training
+    run naming no contexts of its own); else none."""
+    if config.method != "train" or config.contexts:
+        return ()
+    return collapsing_values(model, config.concepts, config.esd_eta)
 
 
 def _held_neighbours(model: ToyModel, config: EraseConfig
@@ -100,6 +112,71 @@ def _default_values(model: ToyModel, concepts: Sequence[str], judges: dict | Non
     return tuple(out)
 
 
+def collapsing_values(model: ToyModel, concepts: Sequence[str], eta: float = 1.0,
+                      images: int = 24, seed: int = 50_000) -> tuple[str, ...]:
+    """The ``concepts`` of each kind they erase wholly (every value of it) whose targets collapse:
+    the images drawn by the targets of that kind's captions (their anchors without the run's
+    concepts, with negative guidance ``eta``; ``images`` each) show one and the same value of
+    the kind in more than ``DEFAULT_VALUE_RATE`` of them all. Pushed away from any texture, the
+    toy model draws a flat fill: with every texture erased, the targets of solid, striped and
+    dotted draw solid in 0.92-1.00 of images, and training on them collapses every texture into
+    solid, solid's own captions included (BENCHMARKS.md §5v); a wholly erased colour's targets
+    spread over the colours (none above 0.35), and are left as they are. Such concepts are
+    anchored on another value of their kind instead (``phrasings.anchor``). Deterministic (fixed
+    noise), kept in ``model.known``; nothing to draw unless a kind is erased wholly."""
+    from .phrasings import axis_of
+
+    whole = [k for k, values in AXES.items() if all(v in concepts for v in values)]
+    if not whole:
+        return ()
+    key = ("collapsing_values", tuple(concepts), eta, images, seed)
+    if key not in model.known:
+        defaults = default_values(model, concepts)
+        out: list[str] = []
+        for kind in whole:
+            shares = _target_shares(model, [c for c in concepts if axis_of(c) == kind], concepts,
+                                    defaults, eta, images, seed)
+            if max(shares) > DEFAULT_VALUE_RATE:
+                out += [c for c in concepts if axis_of(c) == kind]
+        model.known[key] = tuple(out)
+    return model.known[key]
+
+
+@torch.no_grad()
+def _target_shares(model: ToyModel, values: Sequence[str], concepts: Sequence[str],
+                   defaults: Sequence[str], eta: float, images: int, seed: int) -> list[float]:
+    """The share of each value of the kind of ``values`` in the images drawn by their targets:
+    DDIM with the toy sampler's guidance, where the caption's prediction is the ESD target
+    ``e_anchor - eta (e_caption - e_anchor)`` of the frozen model."""
+    from ..objectives import negative_guidance
+    from ..sampling import ddim_step, ddim_timesteps
+    from .evaluate import concept_axis
+    from .generation import DEFAULT_GUIDANCE, DEFAULT_STEPS, initial_noise
+    from .judges import judge
+    from .phrasings import context_pairs
+
+    axis = concept_axis(values[0])[0]
+    denoiser, ab = toy_denoiser(model), model.alphas_cumprod
+    ts = ddim_timesteps(DEFAULT_STEPS, len(ab))
+    counts = torch.zeros(len(AXES[axis]) + 1)
+    for value in values:
+        pairs = context_pairs(value, erased=concepts, defaults=defaults)
+        chosen = [pairs[i % len(pairs)] for i in range(images)]
+        caption = model.encode([c for c, _ in chosen])
+        anchor = model.encode([a for _, a in chosen])
+        empty = model.encode([""] * images)
+        x = initial_noise([seed + i for i in range(images)])
+        for k in range(DEFAULT_STEPS):
+            t = ts[k].expand(images)
+            prev = ab[ts[k + 1]] if k + 1 < DEFAULT_STEPS else ab[0]
+            e_u = denoiser(x, t, empty)
+            aim = negative_guidance(denoiser(x, t, anchor), denoiser(x, t, caption), eta)
+            x = ddim_step(x, e_u + DEFAULT_GUIDANCE * (aim - e_u), ab[ts[k]], prev)
+        counts += torch.bincount(judge(x.clamp(-1, 1))[axis],
+                                 minlength=len(counts)).float()
+    return (counts[:-1] / counts.sum()).tolist()
+
+
 def toy_judge(concepts: Sequence[str], judges: dict | None = None) -> Callable:
     """The toy world's judge for ``judge_every`` (``judge_stop.Judge``): sampled images
     (B, 3, 16, 16) show concept number i when the judge of its axis names it."""
@@ -124,7 +201,9 @@ def erase_toy(model: ToyModel, config: EraseConfig, callback: Callback | None = 
     (``phrasings.context_pairs``). Where a caption names a concept of the run the model draws by
     default (``default_values``), the anchor names another value of its kind in its place --
     in that concept's own pairs and in those of every other concept of the run (left out, its
-    caption would still show it). Unless the config names its own retain prompts, the captions
+    caption would still show it); where the run erases a kind wholly and that kind's targets
+    collapse into one value (``collapsing_values``: every texture at once), each of its values
+    is replaced by another value of the kind, erased too. Unless the config names its own retain prompts, the captions
     with another value of such a concept's kind in its place that name no concept of the run
     are held to the base model (with the config's ``retain_weight``, or where it is 0
     ``TOY_RETAIN_WEIGHT`` times the share of the run's concepts whose neighbours are held);
@@ -140,10 +219,11 @@ def erase_toy(model: ToyModel, config: EraseConfig, callback: Callback | None = 
         # hard per trajectory of its own as when it is erased alone (BENCHMARKS.md §5q)
         config = config.replace(retain_prompts=held,
                                 retain_weight=config.retain_weight or TOY_RETAIN_WEIGHT * share)
+    swapped = _swapped(model, config)
     cond = encode_conditioning(
         model.encode, config, last_token_fn(model),
         context_pairs=lambda concept: context_pairs(concept, erased=config.concepts,
-                                                    defaults=defaults))
+                                                    defaults=defaults, swapped=swapped))
     if config.judge_every and options.get("judge") is None:
         options["judge"] = toy_judge(config.concepts)
     return erase(toy_denoiser(model), cond, config, callback, **options)

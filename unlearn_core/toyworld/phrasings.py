@@ -8,7 +8,9 @@ holds, and the phrasings an erasure is measured on.
   captions, not only alone. A concept the model draws by default (``erasure.default_values``)
   still shows in a caption without it, so wherever such a concept of the run is in a caption,
   the anchor names one other value of its kind in its place (chosen by the caption, so the
-  values share the captions).
+  values share the captions); so does a concept of a kind the run erases wholly whose targets
+  all draw one value of it (``erasure.collapsing_values``: every texture), another value of its
+  kind, erased too, in its place.
 - ``neighbours(concepts)``: the same captions with the concept replaced by each other value of its
   kind (a colour by the other colours, ...), minus any caption naming an erased concept: the
   prompts held to the base model (``retain_prompts``), so erasing "red" does not move "blue".
@@ -89,38 +91,50 @@ def swapped(caption: str, concept: str, value: str) -> str:
     return tidy(" ".join(value if w == concept else w for w in _words(caption)))
 
 
-def anchor(caption: str, erased: Sequence[str], defaults: Sequence[str] = ()) -> str:
-    """``caption`` with no ``erased`` concept in it: each is left out, except one the model draws
-    by default (``defaults``, ``erasure.default_values``), which a caption without it still
-    shows -- that one is replaced by another value of its kind that is not erased, chosen by a
-    hash of the caption so that the values share the captions ("a red circle" -> "a red square"
-    for circle, "a square" for circle and red erased together). Left out too where every other
-    value of its kind is erased."""
-    gone = {*erased, *defaults}
+def anchor(caption: str, erased: Sequence[str], defaults: Sequence[str] = (),
+           swapped: Sequence[str] = ()) -> str:
+    """``caption`` with no ``erased`` concept in it: each is left out, except
+
+    - one the model draws by default (``defaults``, ``erasure.default_values``), which a caption
+      without it still shows: replaced by another value of its kind that is not erased ("a red
+      circle" -> "a red square" for circle, "a square" for circle and red erased together);
+      left out where every other value of its kind is erased;
+    - one of ``swapped`` (``erasure.collapsing_values``: a kind every value of which is erased,
+      whose targets all draw one value of it): replaced by another value of its kind, erased too
+      -- the target is the frozen base model's prediction for that caption.
+
+    The replacement is chosen by a hash of the caption, so that the values share the captions."""
+    gone = {*erased, *defaults, *swapped}
     words = []
     for word in _words(caption):
-        if word in defaults:
-            others = [v for v in AXES[axis_of(word)] if v not in gone]
+        if word in gone:
+            kind = AXES[axis_of(word)]
+            if word in swapped:
+                others = [v for v in kind if v != word]
+            else:
+                others = [v for v in kind if v not in gone] if word in defaults else []
             if others:
                 words.append(others[zlib.crc32(caption.encode()) % len(others)])
-                continue
-        if word not in gone:
-            words.append(word)
+            continue
+        words.append(word)
     return tidy(" ".join(words))
 
 
 def context_pairs(concept: str, phrasings: Sequence[str] = TRAINED_PHRASINGS,
-                  erased: Sequence[str] = (), defaults: Sequence[str] = ()
-                  ) -> list[tuple[str, str]]:
+                  erased: Sequence[str] = (), defaults: Sequence[str] = (),
+                  swapped: Sequence[str] = ()) -> list[tuple[str, str]]:
     """(caption, its ``anchor``) for every caption of ``phrasings`` naming ``concept``: the
     anchor leaves out the concept and the other ``erased`` concepts the caption names (the target
     is a caption none of them is in). Where one of them is in ``defaults`` -- the concept itself,
     or another concept of the run the caption names -- the anchor names another value of its
     kind in its place: pulling one caption to several values at once averaged their predictions
     and erased more slowly (BENCHMARKS.md §5m), and leaving a default value out keeps it in the
-    target (§5q)."""
+    target (§5q). Where one is in ``swapped``, the anchor names another value of its kind, erased
+    too: left out, every caption of that kind would be pulled into the one value its targets
+    draw (§5v)."""
     gone = (concept, *erased)
-    return [(caption, anchor(caption, gone, defaults)) for caption in captions(concept, phrasings)]
+    return [(caption, anchor(caption, gone, defaults, swapped))
+            for caption in captions(concept, phrasings)]
 
 
 def neighbours(concepts: Sequence[str], phrasings: Sequence[str] = TRAINED_PHRASINGS,
