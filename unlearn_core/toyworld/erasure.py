@@ -20,7 +20,8 @@ def toy_config(concepts: Sequence[str], model: ToyModel | None = None,
                **overrides: Any) -> EraseConfig:
     """The toy settings (``TOY_SETTINGS``) for ``concepts``, with ``overrides`` over them. Given
     the ``model`` and no ``steps``, a set that holds a default value's neighbours or swaps a
-    collapsing kind gets ``SET_WITH_DEFAULT_STEPS`` (``toy_steps``); without the model, the toy settings' steps."""
+    collapsing kind gets ``SET_WITH_DEFAULT_STEPS`` (``toy_steps``); without the model, the toy
+    settings' steps."""
     config = EraseConfig(concepts=tuple(concepts), **(TOY_SETTINGS | overrides))
     if model is not None and "steps" not in overrides:
         config = config.replace(steps=toy_steps(model, config))
@@ -121,7 +122,7 @@ def collapsing_values(model: ToyModel, concepts: Sequence[str], eta: float = 1.0
     toy model draws a flat fill: with every texture erased, the targets of solid, striped and
     dotted draw solid in 0.92-1.00 of images, and training on them collapses every texture into
     solid, solid's own captions included (BENCHMARKS.md §5v); a wholly erased colour's targets
-    spread over the colours (none above 0.35), and are left as they are. Such concepts are
+    spread over the colours (the ten's: at most 0.37 on one), and are left as they are. Such concepts are
     anchored on another value of their kind instead (``phrasings.anchor``). Deterministic (fixed
     noise), kept in ``model.known``; nothing to draw unless a kind is erased wholly."""
     from .phrasings import axis_of
@@ -203,13 +204,13 @@ def erase_toy(model: ToyModel, config: EraseConfig, callback: Callback | None = 
     in that concept's own pairs and in those of every other concept of the run (left out, its
     caption would still show it); where the run erases a kind wholly and that kind's targets
     collapse into one value (``collapsing_values``: every texture at once), each of its values
-    is replaced by another value of the kind, erased too. Unless the config names its own retain prompts, the captions
-    with another value of such a concept's kind in its place that name no concept of the run
-    are held to the base model (with the config's ``retain_weight``, or where it is 0
-    ``TOY_RETAIN_WEIGHT`` times the share of the run's concepts whose neighbours are held);
-    with none left, no retain term. ``options`` go to
-    ``erase`` (``parallel``, ``checkpoint``, ``judge``); with ``judge_every`` and no judge
-    given, the toy world's own judges (``toy_judge``) stop the training."""
+    is replaced by another value of the kind, erased too. Unless the config names its own
+    retain prompts, the captions with another value of such a concept's kind in its place that
+    name no concept of the run are held to the base model (with the config's ``retain_weight``,
+    or where it is 0 ``TOY_RETAIN_WEIGHT`` times the share of the run's concepts whose
+    neighbours are held); with none left, no retain term. ``options`` go to ``erase``
+    (``parallel``, ``checkpoint``, ``judge``); with ``judge_every`` and no judge given, the toy
+    world's own judges (``toy_judge``) stop the training."""
     from .phrasings import context_pairs
 
     defaults, held, share = _held_neighbours(model, config)
