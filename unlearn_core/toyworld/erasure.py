@@ -122,7 +122,7 @@ def collapsing_values(model: ToyModel, concepts: Sequence[str], eta: float = 1.0
     toy model draws a flat fill: with every texture erased, the targets of solid, striped and
     dotted draw solid in 0.92-1.00 of images, and training on them collapses every texture into
     solid, solid's own captions included (BENCHMARKS.md §5v); a wholly erased colour's targets
-    spread over the colours (the ten's: at most 0.37 on one), and are left as they are. Such concepts are
+    spread over the colours (at most 0.30 on one in §5v's sets), and are left as they are. Such concepts are
     anchored on another value of their kind instead (``phrasings.anchor``). Deterministic (fixed
     noise), kept in ``model.known``; nothing to draw unless a kind is erased wholly."""
     from .phrasings import axis_of
