@@ -206,24 +206,29 @@ def test_toy_contexts_of_swapped_values_anchor_on_another_value_of_their_kind():
     assert red["a red circle, striped"] in {"a circle, solid", "a circle, dotted"}
 
 
-def test_toy_collapsing_values_are_the_wholly_erased_textures_only():
-    """With every texture erased, the targets of the textures' captions draw solid (a flat fill)
-    almost always: those concepts are swapped, and the set takes the longer steps. A wholly
-    erased colour's targets spread over the colours, and a kind with a value kept is never
-    looked at."""
+def test_toy_self_drawn_values_are_solid_among_every_texture_only():
+    """With every texture erased, solid's target (pushed away from solid, from anchors that lean
+    to it) draws solid: solid is swapped, and the set takes the longer steps. Striped's and
+    dotted's targets draw solid, not themselves, and no colour's target draws its own colour;
+    a kind with a value kept is never looked at."""
     from unlearn_core.toyworld import load_toy_model
-    from unlearn_core.toyworld.erasure import collapsing_values, toy_config
+    from unlearn_core.toyworld.erasure import self_drawn_values, toy_config
+    from unlearn_core.toyworld.phrasings import context_pairs
     from unlearn_core.toyworld.settings import SET_WITH_DEFAULT_STEPS
 
     model = load_toy_model()
     ten = ("square", "triangle", "cross", "red", "green", "blue", "yellow", "solid", "striped",
            "dotted")
-    assert collapsing_values(model, ten) == ("solid", "striped", "dotted")
+    assert self_drawn_values(model, ten) == ("solid",)
     assert toy_config(ten, model).steps == SET_WITH_DEFAULT_STEPS
+    # in every pair of the run solid is replaced by another texture; striped is left out
+    pairs = dict(context_pairs("red", erased=ten, swapped=("solid",)))
+    assert pairs["a red circle, solid"] in {"a circle, striped", "a circle, dotted"}
+    assert pairs["a red circle, striped"] == "a circle"
     seven = ("triangle", "cross", "red", "green", "blue", "yellow", "striped")
-    assert collapsing_values(model, seven) == ()  # the colours, wholly erased, do not collapse
-    assert collapsing_values(model, ("solid", "striped")) == ()  # dotted kept: not wholly
-    assert ("collapsing_values", ("solid", "striped"), 1.0, 24, 50_000) not in model.known
+    assert self_drawn_values(model, seven) == ()  # the colours, wholly erased, are not drawn
+    assert self_drawn_values(model, ("solid", "striped")) == ()  # dotted kept: not wholly
+    assert ("self_drawn_values", ("solid", "striped"), 1.0, 24, 50_000) not in model.known
 
 
 def test_toy_contexts_of_another_concept_swap_a_default_value_of_the_run_too():

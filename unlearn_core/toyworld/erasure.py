@@ -20,7 +20,7 @@ def toy_config(concepts: Sequence[str], model: ToyModel | None = None,
                **overrides: Any) -> EraseConfig:
     """The toy settings (``TOY_SETTINGS``) for ``concepts``, with ``overrides`` over them. Given
     the ``model`` and no ``steps``, a set that holds a default value's neighbours or swaps a
-    collapsing kind gets ``SET_WITH_DEFAULT_STEPS`` (``toy_steps``); without the model, the toy
+    value its own target draws gets ``SET_WITH_DEFAULT_STEPS`` (``toy_steps``); without the model, the toy
     settings' steps."""
     config = EraseConfig(concepts=tuple(concepts), **(TOY_SETTINGS | overrides))
     if model is not None and "steps" not in overrides:
@@ -31,8 +31,8 @@ def toy_config(concepts: Sequence[str], model: ToyModel | None = None,
 def toy_steps(model: ToyModel, config: EraseConfig) -> int:
     """The toy world's steps for ``config``'s concepts when the caller names none: at least
     ``SET_WITH_DEFAULT_STEPS`` for a training run of two or more concepts in which a default
-    value's neighbours are held (the retain term of ``erase_toy``) or a wholly erased kind is
-    swapped (``collapsing_values``), else ``config.steps``."""
+    value's neighbours are held (the retain term of ``erase_toy``) or a value of a wholly erased
+    kind is swapped (``self_drawn_values``), else ``config.steps``."""
     if len(config.concepts) > 1 and (_held_neighbours(model, config)[1]
                                      or _swapped(model, config)):
         return max(config.steps, SET_WITH_DEFAULT_STEPS)
@@ -40,11 +40,11 @@ def toy_steps(model: ToyModel, config: EraseConfig) -> int:
 
 
 def _swapped(model: ToyModel, config: EraseConfig) -> tuple[str, ...]:
-    """The run's ``collapsing_values`` where the toy world's own pairs are trained (a training
+    """The run's ``self_drawn_values`` where the toy world's own pairs are trained (a training
     run naming no contexts of its own); else none."""
     if config.method != "train" or config.contexts:
         return ()
-    return collapsing_values(model, config.concepts, config.esd_eta)
+    return self_drawn_values(model, config.concepts, config.esd_eta)
 
 
 def _held_neighbours(model: ToyModel, config: EraseConfig
@@ -113,33 +113,30 @@ def _default_values(model: ToyModel, concepts: Sequence[str], judges: dict | Non
     return tuple(out)
 
 
-def collapsing_values(model: ToyModel, concepts: Sequence[str], eta: float = 1.0,
+def self_drawn_values(model: ToyModel, concepts: Sequence[str], eta: float = 1.0,
                       images: int = 24, seed: int = 50_000) -> tuple[str, ...]:
-    """The ``concepts`` of each kind they erase wholly (every value of it) whose targets collapse:
-    the images drawn by the targets of that kind's captions (their anchors without the run's
-    concepts, with negative guidance ``eta``; ``images`` each) show one and the same value of
-    the kind in more than ``DEFAULT_VALUE_RATE`` of them all. Pushed away from any texture, the
-    toy model draws a flat fill: with every texture erased, the targets of solid, striped and
-    dotted draw solid in 0.92-1.00 of images, and training on them collapses every texture into
-    solid, solid's own captions included (BENCHMARKS.md §5v); a wholly erased colour's targets
-    spread over the colours (at most 0.30 on one in §5v's sets), and are left as they are. Such concepts are
-    anchored on another value of their kind instead (``phrasings.anchor``). Deterministic (fixed
-    noise), kept in ``model.known``; nothing to draw unless a kind is erased wholly."""
+    """The ``concepts`` of a kind they erase wholly (every value of it) whose own target draws
+    them: the images drawn by a value's targets (its captions' anchors without the run's
+    concepts, with negative guidance ``eta``; ``images`` of them) show that value in more than
+    ``DEFAULT_VALUE_RATE`` of them, so training towards them cannot erase it. Pushed away from
+    any texture, the toy model draws a flat fill: with every texture erased, solid's target draws
+    solid in 0.92 of images (striped's and dotted's draw solid too, not themselves), and every
+    texture collapsed into solid, solid's own captions included (BENCHMARKS.md §5v); no colour's
+    target draws its own colour above 0.14. Such a value is anchored on another value of its
+    kind instead, erased too (``phrasings.anchor``). Deterministic (fixed noise), kept in
+    ``model.known``; nothing is drawn unless a kind is erased wholly."""
     from .phrasings import axis_of
 
     whole = [k for k, values in AXES.items() if all(v in concepts for v in values)]
     if not whole:
         return ()
-    key = ("collapsing_values", tuple(concepts), eta, images, seed)
+    key = ("self_drawn_values", tuple(concepts), eta, images, seed)
     if key not in model.known:
         defaults = default_values(model, concepts)
-        out: list[str] = []
-        for kind in whole:
-            shares = _target_shares(model, [c for c in concepts if axis_of(c) == kind], concepts,
-                                    defaults, eta, images, seed)
-            if max(shares) > DEFAULT_VALUE_RATE:
-                out += [c for c in concepts if axis_of(c) == kind]
-        model.known[key] = tuple(out)
+        model.known[key] = tuple(
+            c for c in concepts if axis_of(c) in whole and _target_shares(
+                model, [c], concepts, defaults, eta, images, seed)[AXES[axis_of(c)].index(c)]
+            > DEFAULT_VALUE_RATE)
     return model.known[key]
 
 
@@ -202,9 +199,9 @@ def erase_toy(model: ToyModel, config: EraseConfig, callback: Callback | None = 
     (``phrasings.context_pairs``). Where a caption names a concept of the run the model draws by
     default (``default_values``), the anchor names another value of its kind in its place --
     in that concept's own pairs and in those of every other concept of the run (left out, its
-    caption would still show it); where the run erases a kind wholly and that kind's targets
-    collapse into one value (``collapsing_values``: every texture at once), each of its values
-    is replaced by another value of the kind, erased too. Unless the config names its own
+    caption would still show it); where the run erases a kind wholly, a value of it whose own
+    target draws it (``self_drawn_values``: solid, with every texture erased) is replaced by
+    another value of the kind, erased too. Unless the config names its own
     retain prompts, the captions with another value of such a concept's kind in its place that
     name no concept of the run are held to the base model (with the config's ``retain_weight``,
     or where it is 0 ``TOY_RETAIN_WEIGHT`` times the share of the run's concepts whose

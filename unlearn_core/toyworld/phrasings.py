@@ -8,8 +8,8 @@ holds, and the phrasings an erasure is measured on.
   captions, not only alone. A concept the model draws by default (``erasure.default_values``)
   still shows in a caption without it, so wherever such a concept of the run is in a caption,
   the anchor names one other value of its kind in its place (chosen by the caption, so the
-  values share the captions); so does a concept of a kind the run erases wholly whose targets
-  all draw one value of it (``erasure.collapsing_values``: every texture), another value of its
+  values share the captions); so does a value of a kind the run erases wholly that its own
+  target draws (``erasure.self_drawn_values``: solid among every texture), another value of its
   kind, erased too, in its place.
 - ``neighbours(concepts)``: the same captions with the concept replaced by each other value of its
   kind (a colour by the other colours, ...), minus any caption naming an erased concept: the
@@ -99,9 +99,9 @@ def anchor(caption: str, erased: Sequence[str], defaults: Sequence[str] = (),
       without it still shows: replaced by another value of its kind that is not erased ("a red
       circle" -> "a red square" for circle, "a square" for circle and red erased together);
       left out where every other value of its kind is erased;
-    - one of ``swapped`` (``erasure.collapsing_values``: a kind every value of which is erased,
-      whose targets all draw one value of it): replaced by another value of its kind, erased too
-      -- the target is the frozen base model's prediction for that caption.
+    - one of ``swapped`` (``erasure.self_drawn_values``: a value of a wholly erased kind that its
+      own target draws): replaced by another value of its kind, erased too -- the target is the
+      frozen base model's prediction for that caption.
 
     The replacement is chosen by a hash of the caption, so that the values share the captions."""
     gone = {*erased, *defaults, *swapped}
@@ -130,8 +130,7 @@ def context_pairs(concept: str, phrasings: Sequence[str] = TRAINED_PHRASINGS,
     kind in its place: pulling one caption to several values at once averaged their predictions
     and erased more slowly (BENCHMARKS.md §5m), and leaving a default value out keeps it in the
     target (§5q). Where one is in ``swapped``, the anchor names another value of its kind, erased
-    too: left out, every caption of that kind would be pulled into the one value its targets
-    draw (§5v)."""
+    too: left out, the target would draw that value itself (§5v)."""
     gone = (concept, *erased)
     return [(caption, anchor(caption, gone, defaults, swapped))
             for caption in captions(concept, phrasings)]

@@ -39,9 +39,9 @@ TOY_RETAIN_WEIGHT = 1.0
 # the caller sets steps: the set's concepts take the trajectories in turn while the retain term
 # runs at every step, and at 300 steps circle beside red (one seed of five) and square beside
 # solid (square 0.17 against its floor 0.11) stayed; at 600 both met every bar (BENCHMARKS.md
-# §5q, §5s). So does a set that erases a kind wholly whose targets collapse into one value (every
-# texture: ``erasure.collapsing_values``), measured at 600 (§5v); other sets keep TOY_SETTINGS'
-# steps: more steps cost seven at once its retention (§5p).
+# §5q, §5s). So does a set that erases a kind wholly with a value its own target draws (solid
+# among every texture: ``erasure.self_drawn_values``), measured at 600 (§5v); other sets keep
+# TOY_SETTINGS' steps: more steps cost seven at once its retention (§5p).
 SET_WITH_DEFAULT_STEPS = 600
 
 TASKS: dict[str, tuple[str, ...]] = {
