@@ -186,9 +186,9 @@ def test_toy_contexts_of_a_default_value_anchor_each_caption_on_one_other_value_
 
 
 def test_toy_contexts_of_swapped_values_anchor_on_another_value_of_their_kind():
-    """A wholly erased kind whose targets collapse (``swapped``): each caption's anchor names one
-    other value of the kind in place of the erased one, erased too, spread over the values;
-    without ``swapped`` the texture is left out as before."""
+    """Values of a wholly erased kind given as ``swapped``: each caption's anchor names one other
+    value of the kind in place of the erased one, erased too, spread over the values; without
+    ``swapped`` the texture is left out as before."""
     textures = ("solid", "striped", "dotted")
     for concept in textures:
         plain = context_pairs(concept, erased=textures)

@@ -99,7 +99,7 @@ def run_erase_toy(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     model = load_toy_model()
     if args.steps is None and "steps" not in RECIPES.get(args.recipe or "", {}):
-        # a set holding a default value's neighbours, or erasing a kind whose targets collapse,
+        # a set holding a default value's neighbours, or swapping a value its own target draws,
         # takes the toy world's longer default
         config = config.replace(steps=toy_steps(model, config))
     plan = plan_run(args, config, out)

@@ -20,8 +20,8 @@ def toy_config(concepts: Sequence[str], model: ToyModel | None = None,
                **overrides: Any) -> EraseConfig:
     """The toy settings (``TOY_SETTINGS``) for ``concepts``, with ``overrides`` over them. Given
     the ``model`` and no ``steps``, a set that holds a default value's neighbours or swaps a
-    value its own target draws gets ``SET_WITH_DEFAULT_STEPS`` (``toy_steps``); without the model, the toy
-    settings' steps."""
+    value its own target draws gets ``SET_WITH_DEFAULT_STEPS`` (``toy_steps``); without the
+    model, the toy settings' steps."""
     config = EraseConfig(concepts=tuple(concepts), **(TOY_SETTINGS | overrides))
     if model is not None and "steps" not in overrides:
         config = config.replace(steps=toy_steps(model, config))
@@ -39,10 +39,14 @@ def toy_steps(model: ToyModel, config: EraseConfig) -> int:
     return config.steps
 
 
+def _own_pairs(config: EraseConfig) -> bool:
+    """Whether the run trains on the toy world's own pairs: a training run naming no contexts."""
+    return config.method == "train" and not config.contexts
+
+
 def _swapped(model: ToyModel, config: EraseConfig) -> tuple[str, ...]:
-    """The run's ``self_drawn_values`` where the toy world's own pairs are trained (a training
-    run naming no contexts of its own); else none."""
-    if config.method != "train" or config.contexts:
+    """The run's ``self_drawn_values`` where it trains on the toy world's own pairs; else none."""
+    if not _own_pairs(config):
         return ()
     return self_drawn_values(model, config.concepts, config.esd_eta)
 
@@ -54,7 +58,7 @@ def _held_neighbours(model: ToyModel, config: EraseConfig
     retain prompts of its own."""
     from .phrasings import neighbours
 
-    if config.method != "train" or config.contexts:
+    if not _own_pairs(config):
         return (), (), 0.0
     defaults = default_values(model, config.concepts)
     if config.retain_prompts:
@@ -134,18 +138,18 @@ def self_drawn_values(model: ToyModel, concepts: Sequence[str], eta: float = 1.0
     if key not in model.known:
         defaults = default_values(model, concepts)
         model.known[key] = tuple(
-            c for c in concepts if axis_of(c) in whole and _target_shares(
-                model, [c], concepts, defaults, eta, images, seed)[AXES[axis_of(c)].index(c)]
-            > DEFAULT_VALUE_RATE)
+            c for c in concepts if axis_of(c) in whole and DEFAULT_VALUE_RATE < _target_shares(
+                model, c, concepts, defaults, eta, images, seed)[AXES[axis_of(c)].index(c)])
     return model.known[key]
 
 
 @torch.no_grad()
-def _target_shares(model: ToyModel, values: Sequence[str], concepts: Sequence[str],
+def _target_shares(model: ToyModel, value: str, concepts: Sequence[str],
                    defaults: Sequence[str], eta: float, images: int, seed: int) -> list[float]:
-    """The share of each value of the kind of ``values`` in the images drawn by their targets:
-    DDIM with the toy sampler's guidance, where the caption's prediction is the ESD target
-    ``e_anchor - eta (e_caption - e_anchor)`` of the frozen model."""
+    """The share of each value of ``value``'s kind in ``images`` drawn by its targets (its pairs
+    in turn, image i with noise seed ``seed + i``): DDIM with the toy sampler's guidance, where
+    the caption's prediction is the ESD target ``e_anchor - eta (e_caption - e_anchor)`` of the
+    frozen model. ``trainer`` never samples a target, so this loop is the toy world's own."""
     from ..objectives import negative_guidance
     from ..sampling import ddim_step, ddim_timesteps
     from .evaluate import concept_axis
@@ -153,26 +157,23 @@ def _target_shares(model: ToyModel, values: Sequence[str], concepts: Sequence[st
     from .judges import judge
     from .phrasings import context_pairs
 
-    axis = concept_axis(values[0])[0]
+    axis = concept_axis(value)[0]
     denoiser, ab = toy_denoiser(model), model.alphas_cumprod
     ts = ddim_timesteps(DEFAULT_STEPS, len(ab))
-    counts = torch.zeros(len(AXES[axis]) + 1)
-    for value in values:
-        pairs = context_pairs(value, erased=concepts, defaults=defaults)
-        chosen = [pairs[i % len(pairs)] for i in range(images)]
-        caption = model.encode([c for c, _ in chosen])
-        anchor = model.encode([a for _, a in chosen])
-        empty = model.encode([""] * images)
-        x = initial_noise([seed + i for i in range(images)])
-        for k in range(DEFAULT_STEPS):
-            t = ts[k].expand(images)
-            prev = ab[ts[k + 1]] if k + 1 < DEFAULT_STEPS else ab[0]
-            e_u = denoiser(x, t, empty)
-            aim = negative_guidance(denoiser(x, t, anchor), denoiser(x, t, caption), eta)
-            x = ddim_step(x, e_u + DEFAULT_GUIDANCE * (aim - e_u), ab[ts[k]], prev)
-        counts += torch.bincount(judge(x.clamp(-1, 1))[axis],
-                                 minlength=len(counts)).float()
-    return (counts[:-1] / counts.sum()).tolist()
+    pairs = context_pairs(value, erased=concepts, defaults=defaults)
+    chosen = [pairs[i % len(pairs)] for i in range(images)]
+    caption = model.encode([c for c, _ in chosen])
+    anchor = model.encode([a for _, a in chosen])
+    empty = model.encode([""] * images)
+    x = initial_noise([seed + i for i in range(images)])
+    for k in range(DEFAULT_STEPS):
+        t = ts[k].expand(images)
+        prev = ab[ts[k + 1]] if k + 1 < DEFAULT_STEPS else ab[0]
+        e_u = denoiser(x, t, empty)
+        aim = negative_guidance(denoiser(x, t, anchor), denoiser(x, t, caption), eta)
+        x = ddim_step(x, e_u + DEFAULT_GUIDANCE * (aim - e_u), ab[ts[k]], prev)
+    counts = torch.bincount(judge(x.clamp(-1, 1))[axis], minlength=len(AXES[axis]) + 1)
+    return (counts[:-1].float() / images).tolist()
 
 
 def toy_judge(concepts: Sequence[str], judges: dict | None = None) -> Callable:

@@ -111,8 +111,10 @@ def anchor(caption: str, erased: Sequence[str], defaults: Sequence[str] = (),
             kind = AXES[axis_of(word)]
             if word in swapped:
                 others = [v for v in kind if v != word]
+            elif word in defaults:
+                others = [v for v in kind if v not in gone]
             else:
-                others = [v for v in kind if v not in gone] if word in defaults else []
+                others = []
             if others:
                 words.append(others[zlib.crc32(caption.encode()) % len(others)])
             continue
